@@ -1,0 +1,1 @@
+"""vnetlab: classic Azure VNet-to-VNet plans as live Linux labs with real strongSwan gateways."""

@@ -1,0 +1,224 @@
+"""`vnetlab`: a thin argparse layer over plan, render, netcfg and lab. Exit codes:
+0 success · 1 a check failed · 2 bad input · 3 the environment lacks something."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __doc__ as PKG_DOC
+from .model import GatewayType, Sku
+from .problems import ExitCode, PlanError, UsageError, VnetlabError
+from .report import print_json, print_plan_summary, print_problems, plan_summary
+
+EPILOG = """exit codes: 0 success, 1 a check failed (tunnel not up, probe failed), 2 bad input
+(plan, file, arguments), 3 the environment lacks something (not root, strongSwan missing, no lab).
+
+typical session (as root):
+  vnetlab validate                       check the default plan (the classic walkthrough)
+  vnetlab up                             build it: namespaces, gateways, IKE tunnels
+  vnetlab status                         Get-AzureVNetConnection, for every VNet
+  vnetlab exec TestVNet1/default -- ping -c1 10.41.0.4
+  vnetlab down                           remove everything the lab created
+"""
+
+
+def _plan_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", nargs="?", metavar="PLAN",
+                   help="plan file (YAML); default: the classic walkthrough's plan shipped with vnetlab")
+
+
+def _name_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", metavar="LAB", help="which running lab (default: the only one running)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vnetlab", description=PKG_DOC, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=description or help_text,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = cmd("validate", "check a plan against the classic platform's rules",
+            "Check a plan: syntax, addresses, and the rules the classic platform enforced (overlaps, "
+            "GatewaySubnet size, tunnels per SKU, routing type, mirrors, keys). Lists every problem at once.")
+    _plan_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+
+    p = cmd("render", "write the strongSwan configs a plan yields",
+            "Write, per gateway and emulated on-premises device, strongswan.conf, swanctl.conf and "
+            "secrets.conf (mode 0600) into DIR/<gateway>/.")
+    _plan_arg(p)
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--dataplane", choices=["kernel", "libipsec"], default="kernel",
+                   help="which IPsec data plane the daemon settings load (default: kernel)")
+
+    p = cmd("import-netcfg", "turn a classic netcfg XML file into a plan",
+            "Read a classic NetworkConfiguration XML file (Get-AzureVNetConfig -ExportToFile) and write a "
+            "plan. netcfg holds no gateway type, SKU or shared keys: the type and SKU come from the options, "
+            "keys are set later (vnetlab set-key). Real gateway addresses become 'auto'.")
+    p.add_argument("file", metavar="FILE.xml")
+    p.add_argument("-o", "--output", metavar="PLAN.yaml", help="write the plan here (default: stdout)")
+    p.add_argument("--gateway-type", choices=[t.value for t in GatewayType], default="DynamicRouting",
+                   help="gateway type for every VNet with a gateway (default: DynamicRouting)")
+    p.add_argument("--sku", choices=[s.value for s in Sku], default="Standard",
+                   help="gateway SKU (default: Standard)")
+
+    p = cmd("export-netcfg", "write a plan as classic netcfg XML",
+            "Write the plan as NetworkConfiguration XML, as Set-AzureVNetConfig takes it. 'auto' gateway "
+            "addresses become the lab's emulated addresses; shared keys are not part of netcfg.")
+    _plan_arg(p)
+    p.add_argument("-o", "--output", metavar="FILE.xml", help="write here (default: stdout)")
+
+    p = cmd("up", "build a lab from a plan and bring its tunnels up (root)",
+            "Create the namespaces, links and strongSwan gateways of a plan, load connections and keys over "
+            "vici, and wait until every keyed connection is Connected. Exit 0 when all are, 1 otherwise.")
+    _plan_arg(p)
+    p.add_argument("--name", metavar="LAB", help="lab name (default: the plan's 'lab:')")
+    p.add_argument("--dataplane", choices=["auto", "kernel", "libipsec"], default="auto",
+                   help="IPsec data plane: kernel XFRM, or strongSwan's userspace libipsec; auto probes "
+                        "whether this kernel can do ESP (default: auto)")
+    p.add_argument("--timeout", type=float, default=20.0, metavar="S",
+                   help="wait at most S seconds for the tunnels (default: 20)")
+    p.add_argument("--keep-on-error", action="store_true", help="leave a half-built lab for inspection")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    p = cmd("status", "connection state per VNet, like Get-AzureVNetConnection",
+            "Per gateway and connection: ConnectivityState (Connected, Connecting, NotConnected), bytes in "
+            "and out, when it was last established, IKE version and the data plane, read from the gateways "
+            "over vici. A connection that is not Connected says why.")
+    _name_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = cmd("exec", "run a command inside a lab node's namespace",
+            "Run COMMAND in a node: a VNet name for its router and gateway (TestVNet1), VNET/SUBNET for a "
+            "subnet's test host (TestVNet1/default), 'backbone', or an on-premises site's name.")
+    _name_arg(p)
+    p.add_argument("node", metavar="NODE")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+
+    p = cmd("down", "remove a lab: every namespace, process and file it created",
+            "Remove exactly what 'up' recorded: daemons (by pid), namespaces with their links, and the "
+            "lab's state directory. Safe to run twice, and after an interrupted 'up'.")
+    _name_arg(p)
+    p.add_argument("--all", action="store_true", help="remove every lab on this machine")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(HANDLERS[args.command](args))
+    except PlanError as exc:
+        if getattr(args, "json", False):
+            print_json({"valid": False, "problems": [p.as_dict() for p in exc.problems]})
+        print_problems(exc.problems)
+        n = len([p for p in exc.problems if p.severity == "error"])
+        print(f"{n} error{'s' if n != 1 else ''}; nothing was created.", file=sys.stderr)
+        return exc.exit_code
+    except VnetlabError as exc:
+        print(f"vnetlab {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"vnetlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .plan import load_plan
+
+    plan, warnings = load_plan(args.plan)
+    summary = plan_summary(plan)
+    if args.json:
+        print_json({"valid": True, **summary, "problems": [w.as_dict() for w in warnings]})
+    else:
+        print_plan_summary(summary)
+    print_problems(warnings)
+    return ExitCode.OK
+
+
+def _render(args: argparse.Namespace) -> int:
+    from .plan import load_plan
+    from .render import render_topology, write_rendered
+    from .topology import build_topology
+
+    plan, warnings = load_plan(args.plan)
+    print_problems(warnings)
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a directory")
+    rendered = render_topology(build_topology(plan), out, args.dataplane)
+    write_rendered(rendered)
+    for r in rendered:
+        print(f"{r.directory}/  ({r.gateway.kind} gateway {r.gateway.name}, {len(r.gateway.tunnels)} tunnel(s))")
+    return ExitCode.OK
+
+
+def _import(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .netcfg import import_netcfg
+
+    path = Path(args.file)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read: {exc}") from None
+    data, plan, warnings = import_netcfg(text, str(path), args.gateway_type, args.sku)
+    print_problems(warnings)
+    header = (f"# Imported by vnetlab from {path.name}. netcfg holds no gateway type, SKU or keys:\n"
+              f"# gateways are {args.gateway_type}/{args.sku}; set keys with vnetlab set-key or below.\n")
+    body = header + yaml.safe_dump({"lab": _lab_name(path.stem), **data}, sort_keys=False, width=100)
+    if args.output:
+        Path(args.output).write_text(body, encoding="utf-8")
+        print(f"wrote {args.output}: {len(plan.vnets)} VNet(s), {len(plan.local_sites)} local site(s), "
+              f"{len(plan.connections)} connection(s)", file=sys.stderr)
+    else:
+        sys.stdout.write(body)
+    return ExitCode.OK
+
+
+def _lab_name(stem: str) -> str:
+    import re
+
+    name = re.sub(r"[^a-z0-9-]+", "-", stem.lower()).strip("-")[:32].strip("-")
+    return name or "imported"
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .netcfg import export_netcfg
+    from .plan import load_plan
+
+    plan, warnings = load_plan(args.plan)
+    print_problems(warnings)
+    xml = export_netcfg(plan)
+    if args.output:
+        Path(args.output).write_text(xml, encoding="utf-8")
+    else:
+        sys.stdout.write(xml)
+    return ExitCode.OK
+
+
+def _lab_command(name: str):
+    def run(args: argparse.Namespace) -> int:
+        from . import commands
+
+        return getattr(commands, name)(args)
+
+    return run
+
+
+HANDLERS = {
+    "validate": _validate,
+    "render": _render,
+    "import-netcfg": _import,
+    "export-netcfg": _export,
+    "up": _lab_command("up"),
+    "status": _lab_command("status"),
+    "exec": _lab_command("exec_"),
+    "down": _lab_command("down"),
+}

@@ -1,0 +1,180 @@
+"""The validated plan: typed, immutable, and free of anything a config file could choke on.
+
+Objects here are only ever built by `plan.load_plan` (from YAML) or `netcfg` (from XML), both of
+which run every check in `rules` first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+from ipaddress import IPv4Address, IPv4Network
+
+
+class GatewayType(str, Enum):
+    DYNAMIC = "DynamicRouting"  # route-based: IKEv2, VNet-to-VNet and multi-site allowed
+    STATIC = "StaticRouting"  # policy-based: IKEv1, one site-to-site tunnel
+
+
+class Sku(str, Enum):
+    BASIC = "Basic"
+    STANDARD = "Standard"
+    HIGH_PERFORMANCE = "HighPerformance"
+
+    @property
+    def mbps(self) -> int:
+        return 200 if self is Sku.HIGH_PERFORMANCE else 100
+
+    @property
+    def max_tunnels(self) -> int:
+        return 30 if self is Sku.HIGH_PERFORMANCE else 10
+
+
+class SharedKey:
+    """A pre-shared key that never shows itself by accident: str() and repr() are masked."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __str__(self) -> str:
+        return "********"
+
+    __repr__ = __str__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SharedKey) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Gateway:
+    type: GatewayType = GatewayType.DYNAMIC
+    sku: Sku = Sku.STANDARD
+
+
+@dataclass(frozen=True)
+class Subnet:
+    name: str
+    prefix: IPv4Network
+
+
+@dataclass(frozen=True)
+class VNet:
+    name: str
+    location: str
+    address_space: tuple[IPv4Network, ...]
+    subnets: tuple[Subnet, ...] = ()
+    gateway_subnet: IPv4Network | None = None
+    gateway: Gateway | None = None
+    resource_group: str | None = None
+    dns_servers: tuple[tuple[str, IPv4Address], ...] = ()
+
+
+@dataclass(frozen=True)
+class LocalSite:
+    name: str
+    address_space: tuple[IPv4Network, ...]
+    gateway_ip: IPv4Address | None = None  # None means 'auto'
+
+
+@dataclass(frozen=True)
+class IpsecPolicy:
+    """IKE and ESP parameters of one side of a tunnel, in strongSwan's proposal syntax."""
+
+    suite: str
+    ike_proposals: tuple[str, ...]
+    esp_proposals: tuple[str, ...]
+    ike_lifetime: int  # seconds
+    child_lifetime: int  # seconds
+    child_life_kbytes: int | None  # None: no volume limit
+    dpd_delay: int  # seconds; 0 = no dead peer detection
+
+
+@dataclass(frozen=True)
+class Connection:
+    vnet: str
+    local_site: str
+    ike_version: int
+    ipsec: IpsecPolicy
+    shared_key: SharedKey | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.vnet}->{self.local_site}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    vnets: tuple[VNet, ...]
+    local_sites: tuple[LocalSite, ...]
+    connections: tuple[Connection, ...] = ()
+    source: str = "<plan>"
+
+    def vnet(self, name: str) -> VNet:
+        return next(v for v in self.vnets if v.name == name)
+
+    def site(self, name: str) -> LocalSite:
+        return next(s for s in self.local_sites if s.name == name)
+
+    def connection(self, vnet: str, site: str) -> Connection | None:
+        return next((c for c in self.connections if c.vnet == vnet and c.local_site == site), None)
+
+    def vnet_of_site(self, site: LocalSite) -> VNet | None:
+        """The VNet this local site stands for (VNet-to-VNet), or None (an on-premises site).
+
+        A site stands for a VNet when it covers all of the VNet's address space; it may cover more
+        (real netcfg files do: a /24 site for a /25 VNet), and IKEv2 narrows the selectors."""
+        covered = [v for v in self.vnets if all(any(n.subnet_of(s) for s in site.address_space)
+                                                 for n in v.address_space)]
+        return covered[0] if len(covered) == 1 else None
+
+    def with_connection(self, conn: Connection) -> Plan:
+        others = tuple(c for c in self.connections if (c.vnet, c.local_site) != (conn.vnet, conn.local_site))
+        return replace(self, connections=others + (conn,))
+
+    def with_site(self, site: LocalSite) -> Plan:
+        return replace(self, local_sites=tuple(site if s.name == site.name else s for s in self.local_sites))
+
+
+# Classic defaults (azure-classic-facts.md). "classic" is the 2016 table exactly; "gcm-first"
+# is the later revision (GCM-AES256 first, phase 1 at 28,800 s), which also is what makes the
+# tunnel fastest on both data planes, and so the default.
+SUITES = ("gcm-first", "classic")
+
+
+def default_policy(gateway_type: GatewayType, suite: str = "gcm-first") -> IpsecPolicy:
+    route_based = gateway_type is GatewayType.DYNAMIC
+    if route_based:
+        ike = ["aes256-sha1-modp1024", "aes256-sha256-modp1024", "3des-sha1-modp1024", "3des-sha256-modp1024"]
+        esp = ["aes256-sha1-modp1024", "aes128-sha1-modp1024", "3des-sha1-modp1024"]  # PFS group 2
+    else:
+        ike = ["aes256-sha1-modp1024", "aes128-sha1-modp1024", "3des-sha1-modp1024"]
+        esp = ["aes256-sha1", "aes128-sha1", "3des-sha1"]  # no PFS
+    if suite == "gcm-first":
+        if route_based:
+            ike.insert(0, "aes256gcm16-prfsha256-modp1024")
+            esp.insert(0, "aes256gcm16-modp1024")
+        else:
+            esp.insert(0, "aes256gcm16")  # IKEv1 has no AEAD for IKE itself
+        ike_lifetime = 28800
+        child_lifetime = 27000 if route_based else 3600
+    else:
+        ike_lifetime = 10800 if route_based else 28800
+        child_lifetime = 3600
+    return IpsecPolicy(
+        suite=suite,
+        ike_proposals=tuple(ike),
+        esp_proposals=tuple(esp),
+        ike_lifetime=ike_lifetime,
+        child_lifetime=child_lifetime,
+        child_life_kbytes=None if route_based else 102_400_000,
+        dpd_delay=30 if route_based else 0,
+    )

@@ -1,0 +1,204 @@
+"""Classic NetworkConfiguration XML (netcfg) ⇄ plan.
+
+Import reads with defusedxml (no entities, no DTDs), builds the plan's YAML structure and runs
+it through the same parser and rules as a hand-written plan, so a netcfg file is held to the
+same classic rules. What netcfg does not hold gets stated defaults (gateway type and SKU) and
+no shared keys. Real public gateway addresses are never lab addresses: a local site that
+mirrors a VNet becomes `gateway_ip: auto`; an on-premises device is emulated in the lab anyway.
+"""
+
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Address
+from typing import Any
+from xml.etree.ElementTree import Element, SubElement, indent, tostring
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+
+from .model import Plan
+from .plan import NAME_RE, parse_plan_data
+from .problems import Collector, PlanError, Problem
+from .topology import build_topology
+from .yamlsource import MAX_PLAN_BYTES, LineMap
+
+NS = "http://schemas.microsoft.com/ServiceHosting/2011/07/NetworkConfiguration"
+
+
+def _strip_ns(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _children(el: Element | None, name: str) -> list[Element]:
+    return [c for c in el if _strip_ns(c.tag) == name] if el is not None else []
+
+
+def _child(el: Element | None, name: str) -> Element | None:
+    found = _children(el, name)
+    return found[0] if found else None
+
+
+def _prefixes(container: Element | None, out: Collector, obj: str) -> list[str]:
+    """AddressPrefix texts, with leading zeros in octets dropped (real files write 192.168.0.032/29)."""
+    result = [re.sub(r"\b0+(\d)", r"\1", (p.text or "").strip()) for p in _children(container, "AddressPrefix")]
+    if not result:
+        out.error(obj, "AddressPrefix", "missing: give one or more prefixes")
+    return result
+
+
+def _safe_name(raw: str | None, out: Collector, obj: str, renames: dict[str, str]) -> str:
+    raw = (raw or "").strip()
+    if NAME_RE.match(raw):
+        return raw
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", raw).strip("-")[:64] or "unnamed"
+    if raw not in renames:
+        out.warning(obj, "name", f"'{raw}' cannot be a lab identifier (letters, digits, '-', '_'); "
+                    f"imported as '{name}'")
+    renames[raw] = name
+    return name
+
+
+def import_netcfg(text: str, source: str, gateway_type: str = "DynamicRouting", sku: str = "Standard"
+                  ) -> tuple[dict[str, Any], Plan, list[Problem]]:
+    """(plan as YAML-ready dict, validated plan, warnings); raises PlanError on a bad file."""
+    out = Collector(source)
+    if len(text.encode("utf-8", "replace")) > MAX_PLAN_BYTES:
+        out.error("NetworkConfiguration", "", f"file is larger than {MAX_PLAN_BYTES} bytes; refused")
+        out.raise_if_errors()
+    try:
+        root = SafeET.fromstring(text)
+    except DefusedXmlException as exc:
+        out.error("NetworkConfiguration", "", f"refused: {type(exc).__name__} (DTDs and entities are not allowed "
+                  "in a netcfg file)")
+        raise PlanError(out.problems) from None
+    except SafeET.ParseError as exc:
+        out.error("NetworkConfiguration", "", f"malformed XML: {exc}", exc.position[0] if exc.position else None)
+        raise PlanError(out.problems) from None
+    ns = root.tag[1:].split("}")[0] if root.tag.startswith("{") else ""
+    if _strip_ns(root.tag) != "NetworkConfiguration":
+        out.error(_strip_ns(root.tag), "", "not a netcfg file: the root element must be NetworkConfiguration")
+        out.raise_if_errors()
+    if re.sub(r"\s+", "", ns) != NS:
+        out.error("NetworkConfiguration", "xmlns", f"unexpected namespace {ns!r}; expected {NS}")
+        out.raise_if_errors()
+    vnc = _child(root, "VirtualNetworkConfiguration")
+    renames: dict[str, str] = {}
+    dns = {d.get("name"): d.get("IPAddress") for d in _children(_child(_child(vnc, "Dns"), "DnsServers"), "DnsServer")}
+
+    sites: dict[str, Any] = {}
+    for el in _children(_child(vnc, "LocalNetworkSites"), "LocalNetworkSite"):
+        obj = f"LocalNetworkSite[{el.get('name')}]"
+        name = _safe_name(el.get("name"), out, obj, renames)
+        sites[name] = {"address_space": _prefixes(_child(el, "AddressSpace"), out, obj), "gateway_ip": "auto"}
+        real = _child(el, "VPNGatewayAddress")
+        if real is not None and (real.text or "").strip():
+            out.warning(obj, "VPNGatewayAddress", f"{real.text.strip()} is a real address and is not used: the "
+                        "lab gives this site's gateway an emulated address (gateway_ip: auto)")
+
+    vnets: dict[str, Any] = {}
+    connections: list[dict[str, Any]] = []
+    for el in _children(_child(vnc, "VirtualNetworkSites"), "VirtualNetworkSite"):
+        obj = f"VirtualNetworkSite[{el.get('name')}]"
+        name = _safe_name(el.get("name"), out, obj, renames)
+        location = el.get("Location") or el.get("AffinityGroup")
+        if not location:
+            out.error(obj, "Location", "neither Location nor AffinityGroup is set; give one")
+        elif not el.get("Location"):
+            out.warning(obj, "AffinityGroup", f"affinity group '{location}' imported as the location")
+        body: dict[str, Any] = {"location": location,
+                                "address_space": _prefixes(_child(el, "AddressSpace"), out, obj)}
+        subnets, gw_subnet = {}, None
+        for sub in _children(_child(el, "Subnets"), "Subnet"):
+            prefix = _prefixes(sub, out, f"{obj}.Subnet[{sub.get('name')}]")
+            if sub.get("name") == "GatewaySubnet":
+                gw_subnet = prefix[0] if prefix else None
+            elif prefix:
+                subnets[_safe_name(sub.get("name"), out, f"{obj}.Subnet", renames)] = prefix[0]
+        body["subnets"] = subnets
+        if gw_subnet:
+            body["gateway_subnet"] = gw_subnet
+        refs = [d.get("name") for d in _children(_child(el, "DnsServersRef"), "DnsServerRef")]
+        if refs:
+            body["dns_servers"] = {_safe_name(r, out, f"{obj}.DnsServerRef", renames): dns.get(r) for r in refs}
+        gateway = _child(el, "Gateway")
+        if gateway is not None:
+            body["gateway"] = {"type": gateway_type, "sku": sku}
+            for ref in _children(_child(gateway, "ConnectionsToLocalNetwork"), "LocalNetworkSiteRef"):
+                conn = _child(ref, "Connection")
+                ctype = conn.get("type", "IPsec") if conn is not None else "IPsec"
+                if ctype != "IPsec":
+                    out.error(obj, "Connection.type", f"'{ctype}' is not an IPsec tunnel (Dedicated is "
+                              "ExpressRoute); only type=\"IPsec\" can be emulated")
+                    continue
+                connections.append({"vnet": name, "local_site": renames.get(ref.get("name"), ref.get("name"))})
+        vnets[name] = body
+
+    out.raise_if_errors()
+    data = {"vnets": vnets, "local_sites": sites, "connections": connections}
+    plain = {k: v for k, v in data.items() if v}
+    plan, warnings = parse_plan_data(_as_linemaps(plain), out)
+    return plain, plan, warnings
+
+
+def _as_linemaps(value: Any) -> Any:
+    """The parser expects YAML-loaded mappings; give it the same shape without line numbers."""
+    if isinstance(value, dict):
+        m = LineMap({k: _as_linemaps(v) for k, v in value.items()})
+        m.line, m.key_lines = None, {}
+        return m
+    if isinstance(value, list):
+        return [_as_linemaps(v) for v in value]
+    return value
+
+
+def export_netcfg(plan: Plan) -> str:
+    """The plan as netcfg XML. `auto` gateway addresses become the lab's emulated addresses."""
+    topo = build_topology(plan)
+    gw_ip = {g.name: g.public_ip for g in topo.gateways}
+    root = Element("NetworkConfiguration", {"xmlns": NS})
+    vnc = SubElement(root, "VirtualNetworkConfiguration")
+    dns_el = SubElement(vnc, "Dns")
+    servers = {name: ip for v in plan.vnets for name, ip in v.dns_servers}
+    if servers:
+        box = SubElement(dns_el, "DnsServers")
+        for name, ip in servers.items():
+            SubElement(box, "DnsServer", {"name": name, "IPAddress": str(ip)})
+    if plan.local_sites:
+        lns = SubElement(vnc, "LocalNetworkSites")
+        for site in plan.local_sites:
+            el = SubElement(lns, "LocalNetworkSite", {"name": site.name})
+            _space(el, site.address_space)
+            peer = plan.vnet_of_site(site)
+            addr: IPv4Address | None = site.gateway_ip or (gw_ip.get(peer.name) if peer else gw_ip.get(site.name))
+            if addr:
+                SubElement(el, "VPNGatewayAddress").text = str(addr)
+    vns = SubElement(vnc, "VirtualNetworkSites")
+    for v in plan.vnets:
+        el = SubElement(vns, "VirtualNetworkSite", {"name": v.name, "Location": v.location})
+        _space(el, v.address_space)
+        subs = SubElement(el, "Subnets")
+        for s in v.subnets:
+            SubElement(SubElement(subs, "Subnet", {"name": s.name}), "AddressPrefix").text = str(s.prefix)
+        if v.gateway_subnet:
+            SubElement(SubElement(subs, "Subnet", {"name": "GatewaySubnet"}), "AddressPrefix").text = str(
+                v.gateway_subnet)
+        if v.dns_servers:
+            refs = SubElement(el, "DnsServersRef")
+            for name, _ip in v.dns_servers:
+                SubElement(refs, "DnsServerRef", {"name": name})
+        if v.gateway:
+            gw = SubElement(el, "Gateway")
+            conns = SubElement(gw, "ConnectionsToLocalNetwork")
+            for c in plan.connections:
+                if c.vnet == v.name:
+                    ref = SubElement(conns, "LocalNetworkSiteRef", {"name": c.local_site})
+                    SubElement(ref, "Connection", {"type": "IPsec"})
+    indent(root, "  ")
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + tostring(root, encoding="unicode") + "\n"
+
+
+def _space(parent: Element, nets: tuple) -> None:
+    box = SubElement(parent, "AddressSpace")
+    for n in nets:
+        SubElement(box, "AddressPrefix").text = str(n)

@@ -1,0 +1,377 @@
+"""Plan file → validated `Plan`: field syntax here, cross-object classic rules in `rules`.
+
+The YAML layout is the contract users write against (see README, "The plan file").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from pathlib import Path
+from typing import Any, Callable
+
+from .model import (
+    SUITES,
+    Connection,
+    Gateway,
+    GatewayType,
+    IpsecPolicy,
+    LocalSite,
+    Plan,
+    SharedKey,
+    Sku,
+    Subnet,
+    VNet,
+    default_policy,
+)
+from .problems import Collector, Problem, UsageError, connection_label, did_you_mean
+from .rules import check_plan
+from .yamlsource import LineMap, YamlProblem, load_yaml
+
+# Names end up in namespace names, swanctl section names and file names: letters, digits, '-'
+# and '_' only. No dots (a dot nests a strongSwan section) and no spaces.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NAME_RULE = "1-64 letters, digits, '-' or '_', starting with a letter or digit"
+LAB_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+LAB_RULE = "1-32 lowercase letters, digits or '-', starting with a letter or digit"
+LOCATION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ()_-]{0,63}$")
+KEY_RE = re.compile(r"^[A-Za-z0-9]{1,128}$")
+PROPOSAL_TOKENS = {
+    # encryption
+    "aes128", "aes192", "aes256", "3des", "aes128gcm16", "aes192gcm16", "aes256gcm16",
+    "aes128gcm12", "aes256gcm12", "aes128gcm8", "aes256gcm8", "chacha20poly1305",
+    # integrity and PRF
+    "md5", "sha1", "sha256", "sha384", "sha512",
+    "prfmd5", "prfsha1", "prfsha256", "prfsha384", "prfsha512",
+    # Diffie-Hellman groups (1, 2, 5, 14, 24 are the classic PFS groups)
+    "modp768", "modp1024", "modp1536", "modp2048", "modp3072", "modp4096", "modp2048s256",
+    "ecp256", "ecp384", "ecp521", "curve25519", "noesn", "esn",
+}
+
+TOP_KEYS = {"lab", "vnets", "local_sites", "connections"}
+VNET_KEYS = {"location", "resource_group", "address_space", "subnets", "gateway_subnet", "gateway", "dns_servers"}
+GATEWAY_KEYS = {"type", "sku"}
+SITE_KEYS = {"address_space", "gateway_ip"}
+CONN_KEYS = {"vnet", "local_site", "shared_key", "ike_version", "ipsec"}
+IPSEC_KEYS = {"suite", "ike_proposals", "esp_proposals", "ike_lifetime", "child_lifetime", "dpd_delay"}
+SKU_ALIASES = {"Default": Sku.BASIC}  # New-AzureVNetGateway -GatewaySKU Default is Basic
+
+
+def default_plan_path() -> Path:
+    return Path(str(resources.files("emulator.configs") / "plans" / "classic-vnet-to-vnet.yaml"))
+
+
+def read_plan_file(path: str | Path | None) -> tuple[str, str]:
+    """(text, display name) of a plan file; the packaged default plan when path is None."""
+    p = Path(path) if path else default_plan_path()
+    try:
+        return p.read_text(encoding="utf-8"), str(path or p.name)
+    except FileNotFoundError:
+        raise UsageError(f"{p}: no such plan file (give a YAML plan, or none for the default plan)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{p}: cannot read the plan: {exc}") from None
+
+
+def load_plan(path: str | Path | None = None) -> tuple[Plan, list[Problem]]:
+    """Read, parse and check a plan; raises PlanError listing every error, else returns warnings."""
+    text, source = read_plan_file(path)
+    return parse_plan_text(text, source)
+
+
+def parse_plan_text(text: str, source: str) -> tuple[Plan, list[Problem]]:
+    out = Collector(source)
+    try:
+        data = load_yaml(text)
+    except YamlProblem as exc:
+        out.error("plan", "", exc.message, exc.line)
+        out.raise_if_errors()
+    return parse_plan_data(data, out)
+
+
+def parse_plan_data(data: Any, out: Collector) -> tuple[Plan, list[Problem]]:
+    plan = _Parser(out).plan(data)
+    out.raise_if_errors()
+    check_plan(plan, out)
+    out.raise_if_errors()
+    return plan, out.warnings
+
+
+@dataclass
+class _Parser:
+    out: Collector
+
+    # -- generic field readers ---------------------------------------------------------------
+    def mapping(self, value: Any, obj: str, fld: str, line: int | None, allowed: set[str] | None) -> LineMap | None:
+        if value is None:
+            value = LineMap()
+            value.line, value.key_lines = line, {}
+        if not isinstance(value, LineMap):
+            self.out.error(obj, fld, f"must be a mapping (key: value), not {_kind(value)}", line)
+            return None
+        self.out.lines.setdefault((obj, fld), value.line or 0)
+        for key in value:
+            self.out.lines[(obj, f"{fld}.{key}" if fld else key)] = value.line_of(key) or 0
+            if allowed is not None and key not in allowed:
+                self.out.error(obj, key, f"unknown key '{key}'{did_you_mean(key, allowed)}", value.line_of(key))
+        return value
+
+    def name(self, value: Any, obj: str, fld: str, line: int | None) -> str | None:
+        if not isinstance(value, str) or not NAME_RE.match(value):
+            self.out.error(obj, fld, f"{_show(value)} is not a valid name: use {NAME_RULE}", line)
+            return None
+        return value
+
+    def network(self, value: Any, obj: str, fld: str, line: int | None) -> IPv4Network | None:
+        text = str(value).strip() if isinstance(value, (str, int)) else None
+        if text is None or "/" not in text:
+            self.out.error(obj, fld, f"{_show(value)} is not an IPv4 prefix in CIDR form, e.g. 10.11.0.0/16", line)
+            return None
+        try:
+            return ip_network(text, strict=True)  # type: ignore[return-value]
+        except ValueError:
+            pass
+        try:
+            loose = ip_network(text, strict=False)
+        except ValueError:
+            self.out.error(obj, fld, f"{_show(value)} is not an IPv4 prefix in CIDR form, e.g. 10.11.0.0/16", line)
+            return None
+        if loose.version != 4:
+            self.out.error(obj, fld, f"{text} is IPv6; classic VNets and this lab use IPv4 prefixes", line)
+        else:
+            self.out.error(obj, fld, f"{text} has host bits set; did you mean {loose}?", line)
+        return None
+
+    def networks(self, value: Any, obj: str, fld: str, line: int | None) -> tuple[IPv4Network, ...] | None:
+        if isinstance(value, (str, int)):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.out.error(obj, fld, "must list one or more IPv4 prefixes, e.g. [10.11.0.0/16, 10.12.0.0/16]", line)
+            return None
+        nets = [self.network(v, obj, fld, line) for v in value]
+        if any(n is None for n in nets):
+            return None
+        return tuple(n for n in nets if n is not None)
+
+    def address(self, value: Any, obj: str, fld: str, line: int | None) -> IPv4Address | None:
+        try:
+            addr = ip_address(str(value).strip()) if isinstance(value, str) else None
+        except ValueError:
+            addr = None
+        if not isinstance(addr, IPv4Address):
+            self.out.error(obj, fld, f"{_show(value)} is not an IPv4 address, e.g. 203.0.113.10", line)
+            return None
+        return addr
+
+    def choice(self, value: Any, obj: str, fld: str, line: int | None, choices: dict[str, Any]) -> Any:
+        if isinstance(value, str) and value in choices:
+            return choices[value]
+        hint = did_you_mean(value, choices) if isinstance(value, str) else f"; valid: {', '.join(choices)}"
+        self.out.error(obj, fld, f"{_show(value)} is not valid{hint}", line)
+        return None
+
+    def integer(self, value: Any, obj: str, fld: str, line: int | None, low: int, high: int) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.out.error(obj, fld, f"{_show(value)} is not valid: give a whole number from {low} to {high}", line)
+            return None
+        return value
+
+    # -- objects -----------------------------------------------------------------------------
+    def plan(self, data: Any) -> Plan:
+        top = self.mapping(data, "plan", "", 1, TOP_KEYS)
+        if top is None:
+            return Plan(name="lab", vnets=(), local_sites=(), source=self.out.source)
+        name = top.get("lab", "classic-vnet-to-vnet")
+        if not isinstance(name, str) or not LAB_RE.match(name):
+            self.out.error("plan", "lab", f"{_show(name)} is not a valid lab name: use {LAB_RULE}", top.line_of("lab"))
+            name = "lab"
+        vnets = self.named_objects(top, "vnets", self.vnet)
+        sites = self.named_objects(top, "local_sites", self.site)
+        if not vnets and "vnets" in top and not self.out.errors:
+            self.out.error("plan", "vnets", "a plan needs at least one VNet", top.line_of("vnets"))
+        elif "vnets" not in top:
+            self.out.error("plan", "vnets", "missing: a plan needs at least one VNet under 'vnets:'", top.line)
+        gw_types = {v.name: v.gateway.type for v in vnets if v.gateway}
+        conns = self.connections(top.get("connections"), top.line_of("connections"), gw_types)
+        return Plan(name=name, vnets=tuple(vnets), local_sites=tuple(sites), connections=tuple(conns),
+                    source=self.out.source)
+
+    def named_objects(self, top: LineMap, key: str, build: Callable[[str, LineMap, str], Any]) -> list[Any]:
+        section = self.mapping(top.get(key), "plan", key, top.line_of(key), None)
+        if section is None:
+            return []
+        result = []
+        for raw_name, body in section.items():
+            obj = f"{key}.{raw_name}"
+            line = section.line_of(raw_name)
+            name = self.name(raw_name, obj, "name", line)
+            fields = self.mapping(body, obj, "", line, None)
+            if name is not None and fields is not None:
+                built = build(name, fields, obj)
+                if built is not None:
+                    result.append(built)
+        return result
+
+    def vnet(self, name: str, f: LineMap, obj: str) -> VNet | None:
+        self.mapping(f, obj, "", f.line, VNET_KEYS)
+        location = f.get("location")
+        if location is None:
+            self.out.error(obj, "location", "missing: give the VNet's Azure location, e.g. 'East US'", f.line)
+        elif not isinstance(location, str) or not LOCATION_RE.match(location):
+            self.out.error(obj, "location", f"{_show(location)} is not a valid location: letters, digits, spaces, "
+                           "'-', '_' or parentheses, at most 64", f.line_of("location"))
+        rg = f.get("resource_group")
+        if rg is not None:
+            rg = self.name(rg, obj, "resource_group", f.line_of("resource_group"))
+        if "address_space" not in f:
+            self.out.error(obj, "address_space", "missing: list the VNet's prefixes, e.g. [10.11.0.0/16]", f.line)
+            space = None
+        else:
+            space = self.networks(f["address_space"], obj, "address_space", f.line_of("address_space"))
+        subnets = []
+        raw_subnets = self.mapping(f.get("subnets"), obj, "subnets", f.line_of("subnets"), None)
+        for sname, prefix in (raw_subnets or {}).items():
+            line = raw_subnets.line_of(sname)
+            if sname == "GatewaySubnet":
+                self.out.error(obj, "subnets.GatewaySubnet", "give the gateway subnet as 'gateway_subnet:', "
+                               "not as an ordinary subnet", line)
+                continue
+            ok_name = self.name(sname, obj, f"subnets.{sname}", line)
+            net = self.network(prefix, obj, f"subnets.{sname}", line)
+            if ok_name and net:
+                subnets.append(Subnet(ok_name, net))
+        gw_subnet = None
+        if f.get("gateway_subnet") is not None:
+            gw_subnet = self.network(f["gateway_subnet"], obj, "gateway_subnet", f.line_of("gateway_subnet"))
+        gateway = None
+        if "gateway" in f:
+            g = self.mapping(f["gateway"], obj, "gateway", f.line_of("gateway"), GATEWAY_KEYS)
+            if g is not None:
+                gtype = self.choice(g.get("type", "DynamicRouting"), obj, "gateway.type", g.line_of("type"),
+                                    {t.value: t for t in GatewayType})
+                skus = {s.value: s for s in Sku} | SKU_ALIASES
+                sku = self.choice(g.get("sku", "Standard"), obj, "gateway.sku", g.line_of("sku"), skus)
+                if gtype and sku:
+                    gateway = Gateway(gtype, sku)
+        dns = []
+        raw_dns = self.mapping(f.get("dns_servers"), obj, "dns_servers", f.line_of("dns_servers"), None)
+        for dname, ip in (raw_dns or {}).items():
+            line = raw_dns.line_of(dname)
+            ok_name = self.name(dname, obj, f"dns_servers.{dname}", line)
+            addr = self.address(ip, obj, f"dns_servers.{dname}", line)
+            if ok_name and addr:
+                dns.append((ok_name, addr))
+        if space is None or not isinstance(location, str):
+            return None
+        return VNet(name=name, location=location, address_space=space, subnets=tuple(subnets),
+                    gateway_subnet=gw_subnet, gateway=gateway, resource_group=rg, dns_servers=tuple(dns))
+
+    def site(self, name: str, f: LineMap, obj: str) -> LocalSite | None:
+        self.mapping(f, obj, "", f.line, SITE_KEYS)
+        if "address_space" not in f:
+            self.out.error(obj, "address_space", "missing: list the prefixes reached through this site", f.line)
+            return None
+        space = self.networks(f["address_space"], obj, "address_space", f.line_of("address_space"))
+        raw_ip = f.get("gateway_ip", "auto")
+        ip = None
+        if raw_ip != "auto":
+            ip = self.address(raw_ip, obj, "gateway_ip", f.line_of("gateway_ip"))
+            if ip is None:
+                return None
+        return LocalSite(name=name, address_space=space, gateway_ip=ip) if space else None
+
+    def connections(self, value: Any, line: int | None, gw_types: dict[str, GatewayType]) -> list[Connection]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.out.error("plan", "connections", f"must be a list of connections, not {_kind(value)}", line)
+            return []
+        result = []
+        for i, raw in enumerate(value):
+            vnet, site = (raw.get("vnet"), raw.get("local_site")) if isinstance(raw, dict) else (None, None)
+            obj = connection_label(i, vnet, site)
+            f = self.mapping(raw, obj, "", line, CONN_KEYS)
+            if f is None:
+                continue
+            for key in ("vnet", "local_site"):
+                if key not in f:
+                    self.out.error(obj, key, f"missing: name the {key.replace('_', ' ')} this tunnel joins", f.line)
+                elif not isinstance(f[key], str):
+                    self.out.error(obj, key, f"{_show(f[key])} is not a name", f.line_of(key))
+            key = self.shared_key(f, obj)
+            gtype = gw_types.get(vnet, GatewayType.DYNAMIC) if isinstance(vnet, str) else GatewayType.DYNAMIC
+            version = 2 if gtype is GatewayType.DYNAMIC else 1
+            if "ike_version" in f:
+                version = self.integer(f["ike_version"], obj, "ike_version", f.line_of("ike_version"), 1, 2)
+            policy = self.ipsec(f.get("ipsec"), obj, f.line_of("ipsec"), gtype)
+            if isinstance(vnet, str) and isinstance(site, str) and version and policy:
+                result.append(Connection(vnet=vnet, local_site=site, ike_version=version, ipsec=policy,
+                                         shared_key=key))
+        return result
+
+    def shared_key(self, f: LineMap, obj: str) -> SharedKey | None:
+        if f.get("shared_key") is None:
+            return None
+        raw, line = f["shared_key"], f.line_of("shared_key")
+        if not isinstance(raw, str):
+            self.out.error(obj, "shared_key", f"must be a string of letters and digits; quote it in YAML "
+                           f"(it was read as {_kind(raw)})", line)
+            return None
+        if not KEY_RE.match(raw):
+            bad = next((i + 1 for i, ch in enumerate(raw) if not ch.isascii() or not ch.isalnum()), None)
+            why = f"character {bad} is not a letter or digit" if bad else f"it has {len(raw)} characters"
+            self.out.error(obj, "shared_key", f"the key (masked) is not valid: {why}; a classic shared key is "
+                           "1-128 letters and digits", line)
+            return None
+        return SharedKey(raw)
+
+    def ipsec(self, value: Any, obj: str, line: int | None, gtype: GatewayType) -> IpsecPolicy | None:
+        f = self.mapping(value, obj, "ipsec", line, IPSEC_KEYS)
+        if f is None:
+            return None
+        suite = f.get("suite", "gcm-first")
+        if suite not in SUITES:
+            self.choice(suite, obj, "ipsec.suite", f.line_of("suite"), {s: s for s in SUITES})
+            return None
+        policy = default_policy(gtype, suite)
+        changes: dict[str, Any] = {}
+        for key in ("ike_proposals", "esp_proposals"):
+            if key in f:
+                props = self.proposals(f[key], obj, f"ipsec.{key}", f.line_of(key))
+                if props is None:
+                    return None
+                changes[key] = props
+        limits = {"ike_lifetime": (300, 172800), "child_lifetime": (300, 172800), "dpd_delay": (0, 3600)}
+        for key, (low, high) in limits.items():
+            if key in f:
+                val = self.integer(f[key], obj, f"ipsec.{key}", f.line_of(key), low, high)
+                if val is None:
+                    return None
+                changes[key] = val
+        return IpsecPolicy(**{**policy.__dict__, **changes})
+
+    def proposals(self, value: Any, obj: str, fld: str, line: int | None) -> tuple[str, ...] | None:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.out.error(obj, fld, "must list one or more proposals, e.g. [aes256-sha256-modp2048]", line)
+            return None
+        for prop in value:
+            tokens = prop.split("-") if isinstance(prop, str) else [None]
+            unknown = [t for t in tokens if t not in PROPOSAL_TOKENS]
+            if unknown:
+                hint = did_you_mean(str(unknown[0]), PROPOSAL_TOKENS).replace("; valid:", "; known algorithms:")
+                self.out.error(obj, fld, f"{_show(prop)}: unknown algorithm {_show(unknown[0])}{hint}", line)
+                return None
+        return tuple(value)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", LineMap: "a mapping", list: "a list", str: "a string", int: "a number",
+            float: "a number", bool: "true/false", type(None): "empty"}.get(type(value), type(value).__name__)
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else f"'{value}'"
+    return text if len(text) <= 60 else text[:57] + "...'"

@@ -1,0 +1,189 @@
+"""The rules the classic platform enforced (azure-classic-facts.md), checked across objects.
+
+Field syntax is already checked by `plan._Parser`; here every object is well-formed and the
+question is whether the whole plan is one the classic platform would have accepted.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from ipaddress import IPv4Network
+from itertools import combinations
+
+from .model import Connection, GatewayType, LocalSite, Plan, VNet
+from .problems import Collector, connection_label, did_you_mean
+
+MAX_VNETS = 120  # emulated public addresses: one /31 per gateway out of 203.0.113.0/24
+MAX_ONPREM_SITES = 120  # and out of 198.51.100.0/24 for emulated on-premises devices
+
+
+def _overlaps(a: tuple[IPv4Network, ...], b: tuple[IPv4Network, ...]) -> list[tuple[IPv4Network, IPv4Network]]:
+    return [(x, y) for x in a for y in b if x.overlaps(y)]
+
+
+def _fmt(nets: tuple[IPv4Network, ...]) -> str:
+    return ", ".join(str(n) for n in nets)
+
+
+def check_plan(plan: Plan, out: Collector) -> None:
+    for vnet in plan.vnets:
+        _check_vnet(vnet, out)
+    _check_sites(plan, out)
+    _check_connections(plan, out)
+    if len(plan.vnets) > MAX_VNETS:
+        out.error("plan", "vnets", f"{len(plan.vnets)} VNets; a lab holds at most {MAX_VNETS}")
+    onprem = [s for s in plan.local_sites if plan.vnet_of_site(s) is None]
+    if len(onprem) > MAX_ONPREM_SITES:
+        out.error("plan", "local_sites", f"{len(onprem)} on-premises sites; a lab holds at most {MAX_ONPREM_SITES}")
+
+
+def _check_vnet(v: VNet, out: Collector) -> None:
+    obj = f"vnets.{v.name}"
+    for a, b in combinations(v.address_space, 2):
+        if a.overlaps(b):
+            out.error(obj, "address_space", f"{a} overlaps {b}; the prefixes of one VNet must be disjoint")
+    named = [(f"subnets.{s.name}", s.prefix) for s in v.subnets]
+    if v.gateway_subnet:
+        named.append(("gateway_subnet", v.gateway_subnet))
+    for fld, prefix in named:
+        if not any(prefix.subnet_of(space) for space in v.address_space):
+            out.error(obj, fld, f"{prefix} is outside the VNet's address space ({_fmt(v.address_space)}); "
+                      "a subnet must lie inside one of its prefixes")
+    for (fa, a), (fb, b) in combinations(named, 2):
+        if a.overlaps(b):
+            out.error(obj, fb, f"{b} overlaps {fa} ({a}); subnets of one VNet must not overlap")
+    if v.gateway and v.gateway_subnet is None:
+        out.error(obj, "gateway_subnet", "missing: a VNet with a gateway needs a GatewaySubnet "
+                  "(at least /29; /27 or /28 recommended), e.g. gateway_subnet: "
+                  f"{_suggest_gateway_subnet(v)}")
+    if v.gateway_subnet is not None:
+        plen = v.gateway_subnet.prefixlen
+        if plen > 29:
+            out.error(obj, "gateway_subnet", f"{v.gateway_subnet} is too small: the GatewaySubnet must be /29 "
+                      "or larger (/27 or /28 recommended)")
+        elif plen == 29:
+            out.warning(obj, "gateway_subnet", f"{v.gateway_subnet} works, but /27 or /28 is recommended to "
+                        "leave room for future configurations")
+
+
+def _suggest_gateway_subnet(v: VNet) -> str:
+    used = [s.prefix for s in v.subnets]
+    for space in v.address_space:
+        if space.prefixlen > 27:
+            continue
+        for candidate in space.subnets(new_prefix=27):
+            if not any(candidate.overlaps(u) for u in used):
+                return str(candidate)
+    return "<a free /27 inside the address space>"
+
+
+def _check_sites(plan: Plan, out: Collector) -> None:
+    for site in plan.local_sites:
+        obj = f"local_sites.{site.name}"
+        for a, b in combinations(site.address_space, 2):
+            if a.overlaps(b):
+                out.error(obj, "address_space", f"{a} overlaps {b}; the prefixes of one site must be disjoint")
+        mirror = plan.vnet_of_site(site)
+        touched = [v for v in plan.vnets if v is not mirror and _overlaps(site.address_space, v.address_space)]
+        for vnet in touched:
+            covers_all = all(any(n.subnet_of(s) for s in site.address_space) for n in vnet.address_space)
+            what = "covers more than one VNet" if covers_all else f"names {vnet.name}'s range only partly"
+            out.error(obj, "address_space", f"{what} ({_fmt(site.address_space)} against {vnet.name}'s "
+                      f"{_fmt(vnet.address_space)}); a local site for a VNet must list that VNet's address "
+                      f"space: [{_fmt(vnet.address_space)}]")
+
+
+def _check_connections(plan: Plan, out: Collector) -> None:
+    vnets = {v.name: v for v in plan.vnets}
+    sites = {s.name: s for s in plan.local_sites}
+    seen: dict[tuple[str, str], int] = {}
+    valid: list[tuple[str, Connection, VNet, LocalSite]] = []
+    for i, conn in enumerate(plan.connections):
+        obj = connection_label(i, conn.vnet, conn.local_site)
+        vnet, site = vnets.get(conn.vnet), sites.get(conn.local_site)
+        if vnet is None:
+            out.error(obj, "vnet", f"unknown VNet '{conn.vnet}'{did_you_mean(conn.vnet, vnets)}")
+        if site is None:
+            out.error(obj, "local_site", f"unknown local site '{conn.local_site}'{did_you_mean(conn.local_site, sites)}")
+        if (conn.vnet, conn.local_site) in seen:
+            out.error(obj, "local_site", f"duplicate: connections[{seen[(conn.vnet, conn.local_site)]}] already "
+                      f"joins {conn.vnet} to {conn.local_site}")
+            continue
+        seen[(conn.vnet, conn.local_site)] = i
+        if conn.shared_key is None:
+            out.warning(obj, "shared_key", "no shared key yet: the tunnel stays down until one is set "
+                        "(vnetlab set-key, like Set-AzureVNetGatewayKey)")
+        if vnet is None or site is None:
+            continue
+        if vnet.gateway is None:
+            out.error(obj, "vnet", f"{vnet.name} has no gateway; add 'gateway: {{type: DynamicRouting, sku: "
+                      "Standard}' (we can set shared key only for virtual networks that have gateway)")
+            continue
+        valid.append((obj, conn, vnet, site))
+
+    by_vnet: dict[str, list[tuple[str, Connection, VNet, LocalSite]]] = defaultdict(list)
+    for item in valid:
+        by_vnet[item[1].vnet].append(item)
+    for name, items in by_vnet.items():
+        _check_gateway(plan, vnets[name], items, out)
+    _check_mirrors(plan, valid, out)
+
+
+def _check_gateway(plan: Plan, vnet: VNet, items: list[tuple[str, Connection, VNet, LocalSite]],
+                   out: Collector) -> None:
+    gw = vnet.gateway
+    assert gw is not None
+    if len(items) > gw.sku.max_tunnels:
+        out.error(f"vnets.{vnet.name}", "gateway.sku", f"{len(items)} tunnels on one {gw.sku.value} gateway; "
+                  f"it allows at most {gw.sku.max_tunnels}"
+                  + ("" if gw.sku.max_tunnels == 30 else " (HighPerformance allows 30)"))
+    if gw.type is GatewayType.STATIC:
+        if len(items) > 1:
+            out.error(f"vnets.{vnet.name}", "gateway.type", f"{len(items)} tunnels on a StaticRouting gateway; "
+                      "a static routing (policy-based) gateway allows one site-to-site tunnel: use DynamicRouting "
+                      "for multi-site")
+        for obj, _conn, _v, site in items:
+            peer = plan.vnet_of_site(site)
+            if peer is not None:
+                out.error(obj, "vnet", f"VNet-to-VNet ({vnet.name} to {peer.name}) needs a DynamicRouting gateway; "
+                          f"{vnet.name}'s is StaticRouting")
+    spaces = [(site, site.address_space) for _o, _c, _v, site in items]
+    for obj, _conn, _v, site in items:
+        hit = _overlaps(site.address_space, vnet.address_space)
+        if hit:
+            out.error(obj, "local_site", f"{site.name}'s {hit[0][0]} overlaps {vnet.name}'s own {hit[0][1]}; the "
+                      "address spaces of a VNet and the sites it connects to must not overlap")
+    for (sa, a), (sb, b) in combinations(spaces, 2):
+        hit = _overlaps(a, b)
+        if hit:
+            out.error(f"vnets.{vnet.name}", "connections", f"local sites {sa.name} and {sb.name} overlap "
+                      f"({hit[0][0]} and {hit[0][1]}); sites that one VNet connects to must not overlap")
+    peers: dict[str, str] = {}
+    for obj, _conn, _v, site in items:
+        peer = plan.vnet_of_site(site)
+        if peer is None:
+            continue
+        if peer.name in peers:
+            out.error(obj, "local_site", f"redundant tunnel: {vnet.name} already reaches {peer.name} through "
+                      f"{peers[peer.name]}; redundant tunnels between a pair of VNets are not supported")
+        peers[peer.name] = site.name
+
+
+def _check_mirrors(plan: Plan, valid: list[tuple[str, Connection, VNet, LocalSite]], out: Collector) -> None:
+    for obj, conn, vnet, site in valid:
+        peer = plan.vnet_of_site(site)
+        if peer is None:
+            continue
+        if peer.gateway is None:
+            out.error(obj, "local_site", f"{site.name} stands for {peer.name}, which has no gateway to connect to")
+            continue
+        back_sites = [s for s in plan.local_sites if plan.vnet_of_site(s) is vnet]
+        back = [plan.connection(peer.name, s.name) for s in back_sites]
+        mirror = next((c for c in back if c is not None), None)
+        if mirror is None:
+            suggestion = back_sites[0].name if back_sites else f"a local site with {vnet.name}'s address space"
+            out.warning(obj, "local_site", f"no mirror: {peer.name} has no connection back to {vnet.name}; add "
+                        f"{{vnet: {peer.name}, local_site: {suggestion}}} or the tunnel cannot come up")
+        elif mirror.ike_version != conn.ike_version:
+            out.warning(obj, "ike_version", f"IKEv{conn.ike_version} here but IKEv{mirror.ike_version} on "
+                        f"{peer.name}'s side; the tunnel cannot come up")

@@ -1,0 +1,241 @@
+"""Plan → concrete lab: namespaces, veth links, addresses, routes and tunnel ends. Pure.
+
+Layout (one lab):
+- one namespace per VNet: its router and strongSwan gateway; the gateway's address in the
+  GatewaySubnet lives on `lo`, its emulated public address (VIP) on the `bb` link;
+- one test-host namespace per subnet, and per address space that holds no subnet (so
+  10.12.0.0/16 is reachable too), each with a default route to the VNet router;
+- one backbone namespace, the router all public addresses hang off (one /31 per gateway);
+- one namespace per on-premises local site: its emulated VPN device, plus a test host per
+  address space.
+Namespace names are `<lab>.v.<vnet>[.<subnet>]`, `<lab>.s.<site>[.<n>]`, `<lab>.backbone`:
+names cannot contain dots, so these never collide. Interfaces are created directly inside
+the lab's namespaces and never exist in the host namespace, so short names cannot clash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from .model import Connection, IpsecPolicy, LocalSite, Plan, SharedKey, Sku, VNet
+
+VNET_PUBLIC = IPv4Network("203.0.113.0/24")  # emulated VIPs of VNet gateways
+ONPREM_PUBLIC = IPv4Network("198.51.100.0/24")  # emulated on-premises VPN devices
+PUBLIC_RANGES = (IPv4Network("192.0.2.0/24"), ONPREM_PUBLIC, VNET_PUBLIC)
+HOST_OFFSET = 4  # Azure reserves the first four addresses of a subnet; the first VM gets .4
+
+
+@dataclass(frozen=True)
+class Veth:
+    ns_a: str
+    if_a: str
+    addr_a: IPv4Interface
+    ns_b: str
+    if_b: str
+    addr_b: IPv4Interface
+
+
+@dataclass(frozen=True)
+class Route:
+    ns: str
+    dst: IPv4Network
+    via: IPv4Address | None = None  # None with prohibit=True: refuse (fail-closed)
+    prohibit: bool = False
+
+
+@dataclass(frozen=True)
+class Host:
+    node: str  # what `vnetlab exec` calls it, e.g. "TestVNet1/default"
+    netns: str
+    owner: str  # VNet or local site name
+    address: IPv4Address
+    network: IPv4Network  # the subnet or address space it stands for
+
+
+@dataclass(frozen=True)
+class TunnelEnd:
+    """One side of one IPsec tunnel, as one strongSwan connection on one gateway."""
+
+    conn_id: str  # swanctl connection and child name on this gateway
+    vnet: str  # classic names, for status
+    local_site: str
+    local_ip: IPv4Address
+    remote_ip: IPv4Address
+    local_ts: tuple[IPv4Network, ...]
+    remote_ts: tuple[IPv4Network, ...]
+    ike_version: int
+    ipsec: IpsecPolicy
+    shared_key: SharedKey | None
+    initiator: bool
+    peer_in_lab: bool  # False: the remote address is no lab gateway (e.g. the dummy 5.4.3.2)
+
+
+@dataclass(frozen=True)
+class GatewayNode:
+    name: str  # VNet name, or local site name for an emulated on-premises device
+    kind: str  # "vnet" | "onprem"
+    netns: str
+    public_ip: IPv4Address
+    sku: Sku | None
+    tunnels: tuple[TunnelEnd, ...]
+
+
+@dataclass(frozen=True)
+class Topology:
+    lab: str
+    namespaces: tuple[str, ...]  # in creation order
+    nodes: tuple[tuple[str, str], ...]  # (node name, namespace)
+    veths: tuple[Veth, ...]
+    lo_addresses: tuple[tuple[str, IPv4Interface], ...]  # (namespace, address on lo)
+    routes: tuple[Route, ...]
+    forwarding: tuple[str, ...]  # namespaces that route
+    gateways: tuple[GatewayNode, ...]
+    hosts: tuple[Host, ...]
+
+    def netns_of(self, node: str) -> str | None:
+        return dict(self.nodes).get(node)
+
+    def gateway(self, name: str) -> GatewayNode:
+        return next(g for g in self.gateways if g.name == name)
+
+
+def _pair(base: IPv4Network, index: int) -> tuple[IPv4Interface, IPv4Interface]:
+    """The index-th /31 of base: (backbone side, gateway side)."""
+    low = base.network_address + 2 * index
+    return IPv4Interface(f"{low}/31"), IPv4Interface(f"{low + 1}/31")
+
+
+def _router_and_host(net: IPv4Network) -> tuple[IPv4Interface, IPv4Interface]:
+    return (IPv4Interface(f"{net.network_address + 1}/{net.prefixlen}"),
+            IPv4Interface(f"{net.network_address + HOST_OFFSET}/{net.prefixlen}"))
+
+
+class _Builder:
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.lab = plan.name
+        self.namespaces: list[str] = []
+        self.nodes: list[tuple[str, str]] = []
+        self.veths: list[Veth] = []
+        self.lo: list[tuple[str, IPv4Interface]] = []
+        self.routes: list[Route] = []
+        self.forwarding: list[str] = []
+        self.hosts: list[Host] = []
+        self.backbone = f"{self.lab}.backbone"
+        gw_vnets = [v for v in plan.vnets if v.gateway]
+        self.vip = {v.name: _pair(VNET_PUBLIC, i) for i, v in enumerate(gw_vnets)}
+        onprem = [s for s in plan.local_sites if plan.vnet_of_site(s) is None and self._used(s)]
+        self.device_ip = {s.name: _pair(ONPREM_PUBLIC, i) for i, s in enumerate(onprem)}
+        self.lab_addresses = {pair[1].ip for pair in [*self.vip.values(), *self.device_ip.values()]}
+
+    def _used(self, site: LocalSite) -> bool:
+        return any(c.local_site == site.name for c in self.plan.connections)
+
+    def add_ns(self, node: str, ns: str) -> None:
+        self.namespaces.append(ns)
+        self.nodes.append((node, ns))
+
+    def build(self) -> Topology:
+        self.add_ns("backbone", self.backbone)
+        self.forwarding.append(self.backbone)
+        gateways = []
+        for vnet in self.plan.vnets:
+            gateways.extend(self.vnet(vnet))
+        for site in self.plan.local_sites:
+            if site.name in self.device_ip:
+                gateways.append(self.onprem(site))
+        return Topology(lab=self.lab, namespaces=tuple(self.namespaces), nodes=tuple(self.nodes),
+                        veths=tuple(self.veths), lo_addresses=tuple(self.lo), routes=tuple(self.routes),
+                        forwarding=tuple(self.forwarding), gateways=tuple(gateways), hosts=tuple(self.hosts))
+
+    def lan(self, owner: str, router_ns: str, ifname: str, label: str, net: IPv4Network) -> None:
+        """A test host on its own namespace, linked to the router, default route to it."""
+        ns = f"{router_ns}.{label}"
+        node = f"{owner}/{label}"
+        self.add_ns(node, ns)
+        router, host = _router_and_host(net)
+        self.veths.append(Veth(router_ns, ifname, router, ns, "eth0", host))
+        self.routes.append(Route(ns, IPv4Network("0.0.0.0/0"), router.ip))
+        self.hosts.append(Host(node, ns, owner, host.ip, net))
+
+    def uplink(self, ns: str, index: int, pair: tuple[IPv4Interface, IPv4Interface], prefix: str,
+               tunnels: list[TunnelEnd]) -> None:
+        """The gateway's public link to the backbone, routes to public addresses only, and a
+        prohibit route per remote address space: without an installed SA, traffic is dropped here."""
+        bb_side, gw_side = pair
+        self.veths.append(Veth(self.backbone, f"{prefix}{index}", bb_side, ns, "bb", gw_side))
+        for rng in PUBLIC_RANGES:
+            self.routes.append(Route(ns, rng, bb_side.ip))
+        outside = sorted({t.remote_ip for t in tunnels if not any(t.remote_ip in r for r in PUBLIC_RANGES)})
+        for addr in outside:
+            self.routes.append(Route(ns, IPv4Network(f"{addr}/32"), bb_side.ip))
+        for net in sorted({n for t in tunnels for n in t.remote_ts}):
+            self.routes.append(Route(ns, net, None, prohibit=True))
+
+    def vnet(self, vnet: VNet) -> list[GatewayNode]:
+        ns = f"{self.lab}.v.{vnet.name}"
+        self.add_ns(vnet.name, ns)
+        self.forwarding.append(ns)
+        for i, subnet in enumerate(vnet.subnets):
+            self.lan(vnet.name, ns, f"s{i}", subnet.name, subnet.prefix)
+        inside = [s.prefix for s in vnet.subnets] + ([vnet.gateway_subnet] if vnet.gateway_subnet else [])
+        for j, space in enumerate(vnet.address_space):
+            if not any(p.subnet_of(space) for p in inside):
+                self.lan(vnet.name, ns, f"x{j}", f"space{j + 1}", space)
+        if not vnet.gateway or not vnet.gateway_subnet:
+            return []
+        gs = vnet.gateway_subnet
+        self.lo.append((ns, IPv4Interface(f"{gs.network_address + HOST_OFFSET}/{gs.prefixlen}")))
+        tunnels = [self.vnet_end(vnet, c) for c in self.plan.connections if c.vnet == vnet.name]
+        index = list(self.vip).index(vnet.name)
+        self.uplink(ns, index, self.vip[vnet.name], "g", tunnels)
+        return [GatewayNode(vnet.name, "vnet", ns, self.vip[vnet.name][1].ip, vnet.gateway.sku, tuple(tunnels))]
+
+    def remote_ip(self, site: LocalSite) -> IPv4Address:
+        peer = self.plan.vnet_of_site(site)
+        if peer is None:  # on-premises: always the emulated device, whatever the plan's real address
+            return self.device_ip[site.name][1].ip
+        if site.gateway_ip is None:
+            return self.vip[peer.name][1].ip
+        return site.gateway_ip
+
+    def vnet_end(self, vnet: VNet, conn: Connection) -> TunnelEnd:
+        site = self.plan.site(conn.local_site)
+        peer = self.plan.vnet_of_site(site)
+        mirror = None
+        if peer is not None:
+            mirror = next((self.plan.connection(peer.name, s.name) for s in self.plan.local_sites
+                           if self.plan.vnet_of_site(s) is vnet and self.plan.connection(peer.name, s.name)), None)
+        initiator = conn.shared_key is not None and (
+            mirror is None or mirror.shared_key is None or vnet.name < mirror.vnet)
+        remote = self.remote_ip(site)
+        return TunnelEnd(conn_id=site.name, vnet=vnet.name, local_site=site.name,
+                         local_ip=self.vip[vnet.name][1].ip, remote_ip=remote,
+                         local_ts=vnet.address_space, remote_ts=site.address_space,
+                         ike_version=conn.ike_version, ipsec=conn.ipsec, shared_key=conn.shared_key,
+                         initiator=initiator, peer_in_lab=remote in self.lab_addresses)
+
+    def onprem(self, site: LocalSite) -> GatewayNode:
+        ns = f"{self.lab}.s.{site.name}"
+        self.add_ns(site.name, ns)
+        self.forwarding.append(ns)
+        for j, space in enumerate(site.address_space):
+            self.lan(site.name, ns, f"x{j}", f"space{j + 1}", space)
+        tunnels = []
+        for conn in self.plan.connections:
+            if conn.local_site != site.name:
+                continue
+            vnet = self.plan.vnet(conn.vnet)
+            tunnels.append(TunnelEnd(conn_id=vnet.name, vnet=vnet.name, local_site=site.name,
+                                     local_ip=self.device_ip[site.name][1].ip, remote_ip=self.vip[vnet.name][1].ip,
+                                     local_ts=site.address_space, remote_ts=vnet.address_space,
+                                     ike_version=conn.ike_version, ipsec=conn.ipsec, shared_key=conn.shared_key,
+                                     initiator=False, peer_in_lab=True))
+        index = list(self.device_ip).index(site.name)
+        self.uplink(ns, index, self.device_ip[site.name], "o", tunnels)
+        return GatewayNode(site.name, "onprem", ns, self.device_ip[site.name][1].ip, None, tuple(tunnels))
+
+
+def build_topology(plan: Plan) -> Topology:
+    return _Builder(plan).build()
