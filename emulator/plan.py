@@ -129,7 +129,9 @@ class _Parser:
             self.out.error(obj, fld, f"{_show(value)} is not an IPv4 prefix in CIDR form, e.g. 10.11.0.0/16", line)
             return None
         try:
-            return ip_network(text, strict=True)  # type: ignore[return-value]
+            net = ip_network(text, strict=True)
+            if isinstance(net, IPv4Network):
+                return net
         except ValueError:
             pass
         try:

@@ -84,6 +84,7 @@ class GatewayNode:
 @dataclass(frozen=True)
 class Topology:
     lab: str
+    backbone: str  # namespace of the backbone router
     namespaces: tuple[str, ...]  # in creation order
     nodes: tuple[tuple[str, str], ...]  # (node name, namespace)
     veths: tuple[Veth, ...]
@@ -145,7 +146,7 @@ class _Builder:
         for site in self.plan.local_sites:
             if site.name in self.device_ip:
                 gateways.append(self.onprem(site))
-        return Topology(lab=self.lab, namespaces=tuple(self.namespaces), nodes=tuple(self.nodes),
+        return Topology(lab=self.lab, backbone=self.backbone, namespaces=tuple(self.namespaces), nodes=tuple(self.nodes),
                         veths=tuple(self.veths), lo_addresses=tuple(self.lo), routes=tuple(self.routes),
                         forwarding=tuple(self.forwarding), gateways=tuple(gateways), hosts=tuple(self.hosts))
 

@@ -1,0 +1,161 @@
+"""strongSwan gateways: one charon per gateway namespace, controlled over its own vici socket.
+
+Each charon runs as `ip netns exec NS unshare --mount sh -c '…; exec charon'`: one pid through
+every exec, and its own mount namespace with a private tmpfs on /run, so that its compiled-in
+/var/run/charon.pid does not collide with the other gateways'. The lab directory (itself under
+/run) is bind-mounted back into that tmpfs, so configs, vici socket and log keep their paths.
+All these mounts live and die with the daemon's mount namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import vici
+
+from .problems import EnvironmentProblem
+from .swanconf import ViciConfig
+
+CHARON = Path("/usr/lib/ipsec/charon")
+_SPAWN = ('mount --bind "$1" /tmp && mount -t tmpfs -o mode=0755 vnetlab-run /run && mkdir -p "$1" '
+          '&& mount --bind /tmp "$1" && exec "$2"')
+
+
+def check_strongswan() -> None:
+    if not CHARON.exists():
+        raise EnvironmentProblem(f"strongSwan's daemon {CHARON} is missing: run 'sudo scripts/install.sh' "
+                                 "(or 'make lab', which does it), or install strongswan-charon, strongswan-swanctl "
+                                 "and libcharon-extra-plugins")
+
+
+def start_charon(netns: str, directory: Path, lab_dir: Path) -> subprocess.Popen:
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+           "STRONGSWAN_CONF": str(directory / "strongswan.conf")}
+    log = open(directory / "charon.stderr", "wb")
+    try:
+        return subprocess.Popen(
+            [shutil.which("ip") or "ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private",
+             "sh", "-c", _SPAWN, "sh", str(lab_dir), str(CHARON)],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        log.close()
+
+
+def socket_path(directory: Path) -> Path:
+    return directory / "charon.vici"
+
+
+@contextmanager
+def session(directory: Path, timeout: float = 10.0) -> Iterator[vici.Session]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(socket_path(directory)))
+    except OSError as exc:
+        sock.close()
+        raise ConnectionError(f"gateway daemon not answering on {socket_path(directory)}: {exc}") from None
+    try:
+        yield vici.Session(sock)
+    finally:
+        sock.close()
+
+
+def wait_ready(directory: Path, proc: subprocess.Popen | None, deadline: float) -> None:
+    """Until the daemon answers on vici; raises if it died or the deadline passed."""
+    while True:
+        if proc is not None and proc.poll() is not None:
+            err = (directory / "charon.stderr").read_text(errors="replace").strip()
+            raise EnvironmentProblem(f"the strongSwan daemon for {directory.name} exited ({proc.returncode}): "
+                                     f"{err[-300:] or 'see ' + str(directory / 'charon.log')}")
+        try:
+            with session(directory, timeout=1.0) as s:
+                s.version()
+                return
+        except (ConnectionError, OSError):
+            if time.monotonic() > deadline:
+                raise EnvironmentProblem(f"the strongSwan daemon for {directory.name} did not open its vici "
+                                         f"socket in time; see {directory / 'charon.log'}") from None
+            time.sleep(0.01)
+
+
+def load(directory: Path, config: ViciConfig) -> None:
+    """Load keys and connections. start_action is left to the lab, which initiates explicitly
+    once both ends of every tunnel are loaded (two daemons both starting race each other)."""
+    with session(directory) as s:
+        for secret in config.secrets:
+            s.load_shared(secret)
+        for name, body in config.connections.items():
+            s.load_conn({name: _without_autostart(body)})
+
+
+def _without_autostart(body: dict[str, Any]) -> dict[str, Any]:
+    children = {n: {**c, "start_action": "none"} for n, c in body.get("children", {}).items()}
+    return {**body, "children": children}
+
+
+def initiate(directory: Path, conn: str, timeout_ms: int) -> tuple[bool, str]:
+    """Initiate one connection and wait for the outcome: (established, last log line seen)."""
+    last = ""
+    try:
+        with session(directory, timeout=timeout_ms / 1000 + 5) as s:
+            for msg in s.initiate({"child": conn, "ike": conn, "timeout": timeout_ms, "init-limits": False}):
+                text = msg.get("msg", b"")
+                last = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+        return True, last
+    except vici.exception.CommandException as exc:
+        return False, f"{exc}; {last}"
+    except (ConnectionError, OSError) as exc:
+        return False, str(exc)
+
+
+@dataclass(frozen=True)
+class SaState:
+    """What vici says about one connection on one gateway."""
+
+    ike_state: str | None  # CONNECTING, ESTABLISHED, ... or None when there is no IKE_SA
+    child_installed: bool
+    peer_answered: bool  # the responder SPI is known: the peer replied at least once
+    bytes_in: int
+    bytes_out: int
+    established_seconds_ago: int | None
+    ike_version: int | None
+    encryption: str | None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def list_sas(directory: Path) -> dict[str, SaState]:
+    """Per connection name: the best SA state (an installed CHILD_SA wins)."""
+    result: dict[str, SaState] = {}
+    with session(directory) as s:
+        for entry in s.list_sas():
+            for name, ike in entry.items():
+                conn = _text(name)
+                children = list(ike.get("child-sas", {}).values())
+                installed = [c for c in children if _text(c.get("state", "")) == "INSTALLED"]
+                spi = _text(ike.get("responder-spi", "0"))
+                state = SaState(
+                    ike_state=_text(ike.get("state", "")),
+                    child_installed=bool(installed),
+                    peer_answered=spi.strip("0") != "",
+                    bytes_in=sum(int(_text(c.get("bytes-in", "0"))) for c in installed),
+                    bytes_out=sum(int(_text(c.get("bytes-out", "0"))) for c in installed),
+                    established_seconds_ago=int(_text(ike["established"])) if "established" in ike else None,
+                    ike_version=int(_text(ike.get("version", "0"))) or None,
+                    encryption=(f"{_text(installed[0].get('encr-alg'))}-{_text(installed[0].get('encr-keysize'))}"
+                                if installed and "encr-alg" in installed[0] else None),
+                )
+                old = result.get(conn)
+                if old is None or (state.child_installed and not old.child_installed):
+                    result[conn] = state
+    return result

@@ -1,0 +1,283 @@
+"""The running lab: up, status, exec, down. The only module with side effects on the host.
+
+A lab lives in its state directory (`/run/vnetlab/<lab>`, mode 0700; VNETLAB_STATE_DIR moves
+it): the plan it was built from (with its keys, mode 0600), `lab.json` (data plane, when),
+the resource journal (netns/registry.py) and one directory per gateway holding its rendered
+configs, vici socket, pid file and log. `status`, `exec` and `down` read that directory,
+never the plan file the user may have edited since.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from netns import ops
+from netns.registry import Registry
+
+from . import gateways
+from .model import Plan
+from .plan import LAB_RE, LAB_RULE, load_plan, parse_plan_text, read_plan_file
+from .problems import EnvironmentProblem, Problem, UsageError
+from .render import render_gateway, write_rendered
+from .swanconf import read_gateway_config
+from .topology import GatewayNode, Topology, TunnelEnd, build_topology
+
+PLAN_COPY = "plan.yaml"
+LAB_META = "lab.json"
+
+
+def state_base() -> Path:
+    return Path(os.environ.get("VNETLAB_STATE_DIR", "/run/vnetlab"))
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("the lab changes kernel network state and needs root: run it with sudo "
+                                 "(or inside the Vagrant VM: make vagrant-lab)")
+
+
+def gateway_dir(lab_dir: Path, gw: GatewayNode, index: int) -> Path:
+    """Short enough that the vici socket path fits a sockaddr_un (108 bytes)."""
+    return lab_dir / (gw.name if len(gw.name) <= 40 else f"{gw.name[:32]}-{index}")
+
+
+@dataclass(frozen=True)
+class Lab:
+    """A lab that exists on this machine, read back from its state directory."""
+
+    directory: Path
+    plan: Plan
+    topology: Topology
+    dataplane: str
+    created: str
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    def gw_dir(self, gw: GatewayNode) -> Path:
+        return gateway_dir(self.directory, gw, self.topology.gateways.index(gw))
+
+
+def list_labs() -> list[str]:
+    base = state_base()
+    return sorted(p.name for p in base.iterdir() if (p / LAB_META).exists()) if base.is_dir() else []
+
+
+def open_lab(name: str | None) -> Lab:
+    labs = list_labs()
+    if name is None:
+        if not labs:
+            raise EnvironmentProblem("no lab is running on this machine; start one with 'vnetlab up'")
+        if len(labs) > 1:
+            raise UsageError(f"several labs are running ({', '.join(labs)}): choose one with --name")
+        name = labs[0]
+    directory = state_base() / name
+    if name not in labs:
+        known = f" (running: {', '.join(labs)})" if labs else ""
+        raise EnvironmentProblem(f"no lab named '{name}' is running{known}; start it with 'vnetlab up'")
+    meta = json.loads((directory / LAB_META).read_text())
+    plan, _ = parse_plan_text((directory / PLAN_COPY).read_text(), f"lab {name}")
+    return Lab(directory, plan, build_topology(plan), meta["dataplane"], meta["created"])
+
+
+# -- up ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UpResult:
+    lab: Lab
+    warnings: list[Problem]
+    seconds: float
+
+
+def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, keep_on_error: bool) -> UpResult:
+    started = time.monotonic()
+    plan, warnings = load_plan(plan_path)
+    if name is not None:
+        if not LAB_RE.match(name):
+            raise UsageError(f"--name '{name}' is not a valid lab name: use {LAB_RULE}")
+        plan = replace(plan, name=name)
+    require_root()
+    gateways.check_strongswan()
+    topo = build_topology(plan)
+    directory = state_base() / plan.name
+    if directory.exists():
+        raise EnvironmentProblem(f"lab '{plan.name}' already exists ({directory}); remove it with "
+                                 f"'vnetlab down --name {plan.name}' or choose another --name")
+    taken = [ns for ns in topo.namespaces if ops.exists(ns)]
+    if taken:
+        raise EnvironmentProblem(f"network namespace {taken[0]} already exists and is not this lab's; "
+                                 "choose another --name")
+    state_base().mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700)
+    registry = Registry(directory)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        _write_private(directory / PLAN_COPY, _plan_text(plan_path, plan))
+        _build_network(topo, registry)
+        chosen = probe_dataplane(topo.backbone) if dataplane == "auto" else dataplane
+        (directory / LAB_META).write_text(json.dumps({
+            "dataplane": chosen, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
+        lab = open_lab(plan.name)
+        _start_gateways(lab, registry, time.monotonic() + 10)
+        connect_all(lab, timeout)
+    except BaseException:
+        if not keep_on_error:
+            registry.teardown()
+            _remove_base_if_empty()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return UpResult(lab, warnings, time.monotonic() - started)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _plan_text(plan_path: str | None, plan: Plan) -> str:
+    """The plan file as given, with the lab name the lab actually runs under."""
+    text, _ = read_plan_file(plan_path)
+    data = yaml.safe_load(text)
+    data["lab"] = plan.name
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def _build_network(topo: Topology, registry: Registry) -> None:
+    for ns in topo.namespaces:
+        registry.create_netns(ns)
+    for veth in topo.veths:
+        with ops.Namespace(veth.ns_a) as a:
+            a.add_veth(veth.if_a, veth.ns_b, veth.if_b)
+            a.add_address(veth.if_a, veth.addr_a)
+            a.up(veth.if_a)
+        with ops.Namespace(veth.ns_b) as b:
+            b.add_address(veth.if_b, veth.addr_b)
+            b.up(veth.if_b)
+    for ns in topo.namespaces:
+        with ops.Namespace(ns) as n:
+            n.up("lo")
+            for lo_ns, addr in topo.lo_addresses:
+                if lo_ns == ns:
+                    n.add_address("lo", addr)
+            for route in topo.routes:
+                if route.ns == ns:
+                    n.add_route(route.dst, route.via, route.prohibit)
+    for ns in topo.forwarding:
+        ops.set_sysctl(ns, "net.ipv4.ip_forward", "1")
+
+
+def probe_dataplane(netns: str) -> str:
+    """'kernel' if this kernel can hold an ESP state (tried in a lab namespace), else 'libipsec'."""
+    probe = subprocess.run(
+        ["ip", "-n", netns, "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp",
+         "spi", "0x100", "mode", "tunnel", "aead", "rfc4106(gcm(aes))", "0x" + "11" * 20, "128"],
+        capture_output=True, text=True)
+    if probe.returncode != 0:
+        return "libipsec"
+    subprocess.run(["ip", "-n", netns, "xfrm", "state", "flush"], capture_output=True)
+    return "kernel"
+
+
+def _start_gateways(lab: Lab, registry: Registry, deadline: float) -> None:
+    procs = []
+    for gw in lab.topology.gateways:
+        directory = lab.gw_dir(gw)
+        write_rendered([render_gateway(gw, directory, lab.dataplane)])
+        proc = gateways.start_charon(gw.netns, directory, lab.directory)
+        registry.adopt_process(proc.pid, f"charon {gw.name}")
+        procs.append((gw, proc))
+    for gw, proc in procs:
+        gateways.wait_ready(lab.gw_dir(gw), proc, deadline)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda gw: gateways.load(lab.gw_dir(gw), read_gateway_config(lab.gw_dir(gw))),
+                      lab.topology.gateways))
+
+
+def connect_all(lab: Lab, timeout: float) -> None:
+    """Initiate every tunnel whose initiator end is keyed; wait for the outcome of those whose
+    peer is in the lab. A peer outside the lab (the walkthrough's dummy 5.4.3.2) is tried in the
+    background, as a real gateway would keep trying, but not waited for."""
+    jobs = [(gw, t) for gw in lab.topology.gateways for t in gw.tunnels if t.initiator]
+    waited = [(gw, t) for gw, t in jobs if t.peer_in_lab]
+    for gw, t in jobs:
+        if not t.peer_in_lab:
+            _initiate_in_background(lab.gw_dir(gw), t.conn_id)
+    if waited:
+        with ThreadPoolExecutor(max_workers=min(32, len(waited))) as pool:
+            list(pool.map(lambda job: gateways.initiate(lab.gw_dir(job[0]), job[1].conn_id, int(timeout * 1000)),
+                          waited))
+
+
+def _initiate_in_background(directory: Path, conn: str) -> None:
+    with gateways.session(directory) as s:
+        for _ in s.initiate({"child": conn, "ike": conn, "timeout": -1}):
+            pass
+
+
+# -- down -------------------------------------------------------------------------------------
+
+def down(name: str | None, all_labs: bool) -> list[str]:
+    """Remove one lab (or all); returns the names removed. Safe to run twice."""
+    require_root()
+    names = list_labs_any() if all_labs else [name or _only_lab()]
+    for lab_name in names:
+        problems = Registry(state_base() / lab_name).teardown()
+        if problems:
+            raise EnvironmentProblem(f"lab '{lab_name}' was not removed completely: {'; '.join(problems)}")
+    _remove_base_if_empty()
+    return names
+
+
+def list_labs_any() -> list[str]:
+    """Labs with a state directory, including ones whose 'up' was killed before writing lab.json."""
+    base = state_base()
+    return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
+
+def _only_lab() -> str:
+    labs = list_labs_any()
+    if len(labs) > 1:
+        raise UsageError(f"several labs exist ({', '.join(labs)}): choose one with --name, or use --all")
+    if not labs:
+        raise EnvironmentProblem("no lab to remove")
+    return labs[0]
+
+
+def _remove_base_if_empty() -> None:
+    try:
+        state_base().rmdir()
+    except OSError:
+        pass
+
+
+# -- exec -------------------------------------------------------------------------------------
+
+def exec_in(lab: Lab, node: str, argv: list[str]) -> int:
+    ns = lab.topology.netns_of(node)
+    if ns is None:
+        nodes = ", ".join(n for n, _ in lab.topology.nodes)
+        raise UsageError(f"no node '{node}' in lab '{lab.name}'; nodes: {nodes}")
+    if not argv:
+        raise UsageError("give a command after '--', e.g. vnetlab exec TestVNet1/default -- ping -c1 10.41.0.4")
+    return subprocess.call(["ip", "netns", "exec", ns, *argv])
+
+
+def tunnel_ends(lab: Lab) -> list[tuple[GatewayNode, TunnelEnd]]:
+    return [(gw, t) for gw in lab.topology.gateways for t in gw.tunnels]

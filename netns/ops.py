@@ -1,0 +1,81 @@
+"""Small typed wrappers over pyroute2, so the keyword-driven netlink API stays in one place.
+
+Links are created directly inside their namespaces (a veth's peer goes straight into the
+other namespace), so no lab interface ever appears in the host namespace.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+NETNS_DIR = Path("/run/netns")
+
+
+def exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def create(name: str) -> None:
+    netns.create(name)
+
+
+def remove(name: str) -> None:
+    """Delete a namespace; its links go with it. No error if it is already gone."""
+    if exists(name):
+        netns.remove(name)
+
+
+class Namespace:
+    """An open netlink socket inside one namespace; use as a context manager."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.ipr = IPRoute(netns=name, flags=0)
+
+    def __enter__(self) -> "Namespace":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ipr.close()
+
+    def index(self, ifname: str) -> int:
+        found = self.ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise LookupError(f"no interface {ifname} in namespace {self.name}")
+        return found[0]
+
+    def add_veth(self, ifname: str, peer_ns: str, peer_ifname: str) -> None:
+        self.ipr.link("add", ifname=ifname, kind="veth", peer={"ifname": peer_ifname, "net_ns_fd": peer_ns})
+
+    def up(self, ifname: str) -> None:
+        self.ipr.link("set", index=self.index(ifname), state="up")
+
+    def add_address(self, ifname: str, addr: IPv4Interface) -> None:
+        self.ipr.addr("add", index=self.index(ifname), address=str(addr.ip), prefixlen=addr.network.prefixlen)
+
+    def add_route(self, dst: IPv4Network, via: IPv4Address | None = None, prohibit: bool = False) -> None:
+        if prohibit:
+            self.ipr.route("add", dst=str(dst), type="prohibit")
+        else:
+            self.ipr.route("add", dst=str(dst), gateway=str(via))
+
+    def link_counters(self, ifname: str) -> dict[str, int]:
+        link = self.ipr.get_links(self.index(ifname))[0]
+        stats = link.get_attr("IFLA_STATS64") or {}
+        return {k: int(v) for k, v in dict(stats).items()}
+
+
+def set_sysctl(name: str, key: str, value: str) -> None:
+    """Write /proc/sys/<key> as seen from inside namespace `name` (net.* keys are per namespace)."""
+    netns.pushns(name)
+    try:
+        Path("/proc/sys", key.replace(".", "/")).write_text(value)
+    finally:
+        netns.popns()
+
+
+__all__ = ["Namespace", "NetlinkError", "create", "exists", "remove", "set_sysctl"]

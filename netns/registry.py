@@ -1,0 +1,155 @@
+"""A write-ahead journal of everything a lab creates, and the teardown that removes exactly that.
+
+Each resource is journalled (flushed and fsynced) *before* it is created, so a run killed at
+any point leaves a journal that covers everything it may have made. Teardown:
+1. stops the processes the journal names, by pid, after checking the pid still is the process
+   that was started (its start time);
+2. stops any process still living inside one of the journalled namespaces (found by the
+   namespace's inode, not by name: e.g. a daemon whose pid was not journalled yet);
+3. deletes the namespaces (their links and addresses go with them);
+4. deletes the lab's own directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import ops
+
+JOURNAL = "resources.jsonl"
+
+
+def start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: when the process started, to recognise a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _netns_inode(name: str) -> int | None:
+    try:
+        return (ops.NETNS_DIR / name).stat().st_ino
+    except OSError:
+        return None
+
+
+def pids_in_netns(name: str) -> list[int]:
+    inode = _netns_inode(name)
+    if inode is None:
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "ns" / "net").stat().st_ino == inode:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@dataclass
+class Registry:
+    directory: Path
+
+    @property
+    def journal(self) -> Path:
+        return self.directory / JOURNAL
+
+    def record(self, kind: str, **fields: object) -> None:
+        line = json.dumps({"kind": kind, **fields}) + "\n"
+        fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def entries(self) -> list[dict]:
+        try:
+            lines = self.journal.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        result = []
+        for line in lines:
+            try:
+                result.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill: the entries before it still count
+        return result
+
+    def create_netns(self, name: str) -> None:
+        self.record("netns", name=name)
+        ops.create(name)
+
+    def adopt_process(self, pid: int, what: str) -> None:
+        self.record("process", pid=pid, start=start_ticks(pid), what=what)
+
+    def teardown(self, grace: float = 1.0) -> list[str]:
+        """Remove everything journalled; returns what could not be removed (empty when clean)."""
+        entries = self.entries()
+        namespaces = [e["name"] for e in entries if e["kind"] == "netns"]
+        victims: set[int] = set()
+        for e in entries:
+            if e["kind"] == "process" and e.get("start") is not None and start_ticks(e["pid"]) == e["start"]:
+                victims.add(e["pid"])
+        for ns in namespaces:
+            victims.update(pids_in_netns(ns))
+        _stop(victims, grace)
+        problems = []
+        for ns in reversed(namespaces):
+            try:
+                ops.remove(ns)
+            except OSError as exc:
+                problems.append(f"namespace {ns}: {exc}")
+        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.directory.exists():
+            problems.append(f"directory {self.directory} could not be removed")
+        return problems
+
+
+def _stop(pids: set[int], grace: float) -> None:
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {p for p in alive if _alive(p)}
+        if alive:
+            time.sleep(0.01)
+    for pid in alive:
+        _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 2.0
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie; reaps it if it is our own child."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return False
+    # a multi-threaded daemon's leader turns zombie while its other threads still clean up
+    return state != "Z" or threads > 1
