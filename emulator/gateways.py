@@ -101,14 +101,15 @@ def _without_autostart(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "children": children}
 
 
-def initiate(directory: Path, conn: str, timeout_ms: int) -> tuple[bool, str]:
-    """Initiate one connection and wait for the outcome: (established, last log line seen)."""
+def initiate(directory: Path, conn: str, children: list[str], timeout_ms: int) -> tuple[bool, str]:
+    """Initiate a connection's CHILD_SAs and wait for the outcome: (established, last log line)."""
     last = ""
     try:
         with session(directory, timeout=timeout_ms / 1000 + 5) as s:
-            for msg in s.initiate({"child": conn, "ike": conn, "timeout": timeout_ms, "init-limits": False}):
-                text = msg.get("msg", b"")
-                last = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+            for child in children:
+                for msg in s.initiate({"child": child, "ike": conn, "timeout": timeout_ms, "init-limits": False}):
+                    text = msg.get("msg", b"")
+                    last = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
         return True, last
     except vici.exception.CommandException as exc:
         return False, f"{exc}; {last}"
@@ -122,6 +123,7 @@ class SaState:
 
     ike_state: str | None  # CONNECTING, ESTABLISHED, ... or None when there is no IKE_SA
     child_installed: bool
+    installed_children: frozenset[str]  # names of the installed CHILD_SAs
     peer_answered: bool  # the responder SPI is known: the peer replied at least once
     bytes_in: int
     bytes_out: int
@@ -143,10 +145,12 @@ def list_sas(directory: Path) -> dict[str, SaState]:
                 conn = _text(name)
                 children = list(ike.get("child-sas", {}).values())
                 installed = [c for c in children if _text(c.get("state", "")) == "INSTALLED"]
+                names = {_text(c.get("name", "")) for c in installed}
                 spi = _text(ike.get("responder-spi", "0"))
                 state = SaState(
                     ike_state=_text(ike.get("state", "")),
                     child_installed=bool(installed),
+                    installed_children=frozenset(names),
                     peer_answered=spi.strip("0") != "",
                     bytes_in=sum(int(_text(c.get("bytes-in", "0"))) for c in installed),
                     bytes_out=sum(int(_text(c.get("bytes-out", "0"))) for c in installed),

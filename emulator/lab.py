@@ -218,17 +218,19 @@ def connect_all(lab: Lab, timeout: float) -> None:
     waited = [(gw, t) for gw, t in jobs if t.peer_in_lab]
     for gw, t in jobs:
         if not t.peer_in_lab:
-            _initiate_in_background(lab.gw_dir(gw), t.conn_id)
+            _initiate_in_background(lab.gw_dir(gw), t)
     if waited:
         with ThreadPoolExecutor(max_workers=min(32, len(waited))) as pool:
-            list(pool.map(lambda job: gateways.initiate(lab.gw_dir(job[0]), job[1].conn_id, int(timeout * 1000)),
+            list(pool.map(lambda job: gateways.initiate(lab.gw_dir(job[0]), job[1].conn_id,
+                                                        [c[0] for c in job[1].children], int(timeout * 1000)),
                           waited))
 
 
-def _initiate_in_background(directory: Path, conn: str) -> None:
+def _initiate_in_background(directory: Path, t: TunnelEnd) -> None:
     with gateways.session(directory) as s:
-        for _ in s.initiate({"child": conn, "ike": conn, "timeout": -1}):
-            pass
+        for child, _l, _r in t.children:
+            for _ in s.initiate({"child": child, "ike": t.conn_id, "timeout": -1}):
+                pass
 
 
 # -- down -------------------------------------------------------------------------------------

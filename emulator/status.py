@@ -115,7 +115,7 @@ def collect(lab: Lab, with_reasons: bool = True) -> list[ConnectionStatus]:
             sas, down_reason = {}, f"gateway daemon of {gw.name} is not running (vnetlab down, then up)"
         for t in gw.tunnels:
             sa = sas.get(t.conn_id)
-            if sa and sa.child_installed:
+            if sa and sa.installed_children >= {c[0] for c in t.children}:
                 state = "Connected"
             elif sa and sa.ike_state in ("CONNECTING", "ESTABLISHED", "REKEYING") and (
                     sa.peer_answered or not t.initiator):

@@ -70,6 +70,15 @@ class TunnelEnd:
     initiator: bool
     peer_in_lab: bool  # False: the remote address is no lab gateway (e.g. the dummy 5.4.3.2)
 
+    @property
+    def children(self) -> tuple[tuple[str, tuple[IPv4Network, ...], tuple[IPv4Network, ...]], ...]:
+        """(name, local_ts, remote_ts) per CHILD_SA. IKEv2 carries every prefix in one CHILD_SA;
+        IKEv1 negotiates one selector pair per SA, so it needs one child per pair of prefixes."""
+        if self.ike_version == 2:
+            return ((self.conn_id, self.local_ts, self.remote_ts),)
+        pairs = [(lt, rt) for lt in self.local_ts for rt in self.remote_ts]
+        return tuple((f"{self.conn_id}-{i + 1}", (lt,), (rt,)) for i, (lt, rt) in enumerate(pairs))
+
 
 @dataclass(frozen=True)
 class GatewayNode:

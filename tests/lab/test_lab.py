@@ -1,0 +1,133 @@
+"""The live lab, end to end, with real strongSwan daemons (issue: the live lab)."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import PLANS
+from tests.lab.conftest import assert_nothing_left, live
+
+DEFAULT = PLANS / "classic-vnet-to-vnet.yaml"
+
+
+def variant(tmp_path: Path, **replacements: str) -> Path:
+    text = DEFAULT.read_text()
+    for old, new in replacements.items():
+        assert old.replace("_", " ") in text or old in text
+        text = text.replace(old, new)
+    path = tmp_path / "plan.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_plan_up_ping_status_down(lab):
+    res = lab.cli("up", "--name", "t-default")
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert "A1b2C3D4" not in res.stdout + res.stderr
+    st = lab.status("t-default")
+    assert {k: v["connectivity_state"] for k, v in st.items()} == {
+        ("TestVNet1", "VNet4Local"): "Connected", ("TestVNet4", "VNet1Local"): "Connected"}
+    for src, dst in [("TestVNet1/default", "10.41.0.4"), ("TestVNet1/default", "10.42.0.4"),
+                     ("TestVNet4/default", "10.11.0.4"), ("TestVNet4/space2", "10.12.0.4")]:
+        assert lab.ping("t-default", src, dst), f"{src} -> {dst}"
+    after = lab.status("t-default")[("TestVNet1", "VNet4Local")]
+    assert after["egress_bytes"] > 0 and after["ingress_bytes"] > 0
+    assert after["ike_version"] == 2 and after["last_connection_established"]
+    # charon itself accepts the rendered files (swanctl parses them and loads them over vici)
+    gw = lab.state / "t-default" / "TestVNet1"
+    load = subprocess.run(["ip", "netns", "exec", "t-default.v.TestVNet1", "swanctl", "--load-all", "--file",
+                           str(gw / "swanctl.conf"), "--uri", f"unix://{gw}/charon.vici"],
+                          capture_output=True, text=True)
+    assert load.returncode == 0, load.stdout + load.stderr
+    assert (gw / "secrets.conf").stat().st_mode & 0o777 == 0o600
+    assert (lab.state / "t-default").stat().st_mode & 0o777 == 0o700
+    journal = lab.journal("t-default")
+    res = lab.cli("down", "--name", "t-default")
+    assert res.returncode == 0, res.stderr
+    assert_nothing_left(lab.state, {"t-default": journal})
+    assert lab.cli("down", "--name", "t-default").returncode in (0, 3)  # safe to run twice
+
+
+def test_ikev1(lab, tmp_path):
+    plan = variant(tmp_path, **{"shared_key: A1b2C3D4}": "shared_key: A1b2C3D4, ike_version: 1}"})
+    res = lab.cli("up", str(plan), "--name", "t-ikev1")
+    assert res.returncode == 0, res.stderr + res.stdout
+    st = lab.status("t-ikev1")
+    assert all(c["connectivity_state"] == "Connected" and c["ike_version"] == 1 for c in st.values())
+    assert lab.ping("t-ikev1", "TestVNet1/default", "10.41.0.4")
+    assert lab.ping("t-ikev1", "TestVNet4/default", "10.12.0.4")
+
+
+def test_dummy_gateway_address_stays_not_connected_and_nothing_leaks(lab, tmp_path):
+    text = DEFAULT.read_text().replace("    gateway_ip: auto               # TestVNet4's", "    gateway_ip: 5.4.3.2  # TestVNet4's")
+    plan = tmp_path / "dummy.yaml"
+    plan.write_text(text)
+    res = lab.cli("up", str(plan), "--name", "t-dummy", "--timeout", "5")
+    assert res.returncode == 1, res.stderr + res.stdout
+    assert "peer unreachable" in res.stderr
+    st = lab.status("t-dummy")
+    assert st[("TestVNet1", "VNet4Local")]["connectivity_state"] == "NotConnected"
+    assert "5.4.3.2" in st[("TestVNet1", "VNet4Local")]["reason"]
+    capture = subprocess.Popen(["ip", "netns", "exec", "t-dummy.backbone", "tcpdump", "-n", "-l", "-i", "any",
+                                "net", "10.0.0.0/8"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(1.0)
+        assert not lab.ping("t-dummy", "TestVNet1/default", "10.41.0.4")
+        assert not lab.ping("t-dummy", "TestVNet4/default", "10.11.0.4")
+    finally:
+        capture.send_signal(signal.SIGINT)
+        out, _ = capture.communicate(timeout=5)
+    assert out.strip() == "", f"clear-text VNet traffic on the backbone:\n{out}"
+
+
+def test_killed_up_then_down_leaves_nothing(lab):
+    proc = subprocess.Popen([sys.executable, "-m", "emulator", "up", "--name", "t-killed"], env=lab.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not (lab.state / "t-killed" / "TestVNet1" / "swanctl.conf").exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    journal = lab.journal("t-killed")
+    assert any(e["kind"] == "netns" for e in journal)
+    res = lab.cli("down", "--name", "t-killed")
+    assert res.returncode == 0, res.stderr
+    assert_nothing_left(lab.state, {"t-killed": journal})
+
+
+def test_two_labs_side_by_side(lab):
+    assert lab.cli("up", "--name", "t-one").returncode == 0
+    assert lab.cli("up", "--name", "t-two").returncode == 0
+    assert lab.ping("t-one", "TestVNet1/default", "10.41.0.4")
+    assert lab.ping("t-two", "TestVNet1/default", "10.41.0.4")
+    one = lab.journal("t-one")
+    assert lab.cli("down", "--name", "t-one").returncode == 0
+    assert all(not Path("/run/netns", e["name"]).exists() for e in one if e["kind"] == "netns")
+    assert all(not live(e["pid"]) for e in one if e["kind"] == "process")
+    st = lab.status("t-two")
+    assert all(c["connectivity_state"] == "Connected" for c in st.values())
+    assert lab.ping("t-two", "TestVNet4/default", "10.11.0.4")
+
+
+def test_up_refuses_without_root_needs_and_bad_plan_creates_nothing(lab, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("vnets: [")
+    res = lab.cli("up", str(bad), "--name", "t-bad")
+    assert res.returncode == 2 and "malformed YAML" in res.stderr
+    assert not (lab.state / "t-bad").exists()
+    res = lab.cli("status", "--name", "t-nothing")
+    assert res.returncode == 3 and "no lab named" in res.stderr
+    res = lab.cli("exec", "--name", "t-nothing", "X", "--", "true")
+    assert res.returncode == 3
+
+
+def test_status_json_keys(lab):
+    assert lab.cli("up", "--name", "t-json").returncode == 0
+    data = json.loads(lab.cli("status", "--name", "t-json", "--json").stdout)
+    assert data["dataplane"] in ("kernel", "libipsec")
+    keys = {"vnet", "local_site", "connectivity_state", "ingress_bytes", "egress_bytes",
+            "last_connection_established", "ike_version"}
+    assert all(keys <= set(c) for c in data["connections"])
