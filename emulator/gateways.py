@@ -55,17 +55,30 @@ def socket_path(directory: Path) -> Path:
 
 @contextmanager
 def session(directory: Path, timeout: float = 10.0) -> Iterator[vici.Session]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(str(socket_path(directory)))
-    except OSError as exc:
-        sock.close()
-        raise ConnectionError(f"gateway daemon not answering on {socket_path(directory)}: {exc}") from None
+    sock = _connect(socket_path(directory), timeout)
     try:
         yield vici.Session(sock)
     finally:
         sock.close()
+
+
+def _connect(path: Path, timeout: float) -> socket.socket:
+    """Connect to a vici socket; a full listen backlog (many parallel callers) is retried briefly."""
+    deadline = time.monotonic() + min(timeout, 3.0)
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+            return sock
+        except (BlockingIOError, InterruptedError) as exc:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise ConnectionError(f"gateway daemon busy on {path}: {exc}") from None
+            time.sleep(0.005)
+        except OSError as exc:
+            sock.close()
+            raise ConnectionError(f"gateway daemon not answering on {path}: {exc}") from None
 
 
 def wait_ready(directory: Path, proc: subprocess.Popen | None, deadline: float) -> None:

@@ -132,7 +132,7 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
         _start_gateways(lab, registry, time.monotonic() + 10)
         connect_all(lab, timeout)
     except BaseException:
-        if not keep_on_error:
+        if not keep_on_error and os.getpid() == _MAIN_PID:
             registry.teardown()
             _remove_base_if_empty()
         raise
@@ -141,7 +141,14 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
     return UpResult(lab, warnings, time.monotonic() - started)
 
 
+_MAIN_PID = os.getpid()
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM during `up` unwinds like Ctrl-C, so what was built is removed. Only in this process:
+    a forked helper (pyroute2 forks one per namespace socket) must just die, never run teardown."""
+    if os.getpid() != _MAIN_PID:
+        os._exit(0)
     raise KeyboardInterrupt
 
 
