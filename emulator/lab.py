@@ -286,7 +286,3 @@ def exec_in(lab: Lab, node: str, argv: list[str]) -> int:
     if not argv:
         raise UsageError("give a command after '--', e.g. vnetlab exec TestVNet1/default -- ping -c1 10.41.0.4")
     return subprocess.call(["ip", "netns", "exec", ns, *argv])
-
-
-def tunnel_ends(lab: Lab) -> list[tuple[GatewayNode, TunnelEnd]]:
-    return [(gw, t) for gw in lab.topology.gateways for t in gw.tunnels]

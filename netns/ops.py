@@ -63,11 +63,6 @@ class Namespace:
         else:
             self.ipr.route("add", dst=str(dst), gateway=str(via))
 
-    def link_counters(self, ifname: str) -> dict[str, int]:
-        link = self.ipr.get_links(self.index(ifname))[0]
-        stats = link.get_attr("IFLA_STATS64") or {}
-        return {k: int(v) for k, v in dict(stats).items()}
-
 
 def set_sysctl(name: str, key: str, value: str) -> None:
     """Write /proc/sys/<key> as seen from inside namespace `name` (net.* keys are per namespace)."""
