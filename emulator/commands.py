@@ -57,5 +57,8 @@ def exec_(args: argparse.Namespace) -> int:
 
 def down(args: argparse.Namespace) -> int:
     removed = labmod.down(args.name, args.all)
-    print(f"removed: {', '.join(removed) if removed else 'nothing (no lab)'}")
+    if removed:
+        print(f"removed: {', '.join(removed)}")
+    else:
+        print(f"nothing to remove: no lab{f' named {args.name!r}' if args.name and not args.all else ''} exists")
     return ExitCode.OK

@@ -19,14 +19,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
-
 from netns import ops
 from netns.registry import Registry
 
 from . import gateways
+from .plan import LAB_RE, LAB_RULE, parse_plan_text, read_plan_file
 from .model import Plan
-from .plan import LAB_RE, LAB_RULE, load_plan, parse_plan_text, read_plan_file
 from .problems import EnvironmentProblem, Problem, UsageError
 from .render import render_gateway, write_rendered
 from .swanconf import read_gateway_config
@@ -88,6 +86,7 @@ def open_lab(name: str | None) -> Lab:
         raise EnvironmentProblem(f"no lab named '{name}' is running{known}; start it with 'vnetlab up'")
     meta = json.loads((directory / LAB_META).read_text())
     plan, _ = parse_plan_text((directory / PLAN_COPY).read_text(), f"lab {name}")
+    plan = replace(plan, name=meta["name"])  # the plan copy is verbatim; --name may differ from its 'lab:'
     return Lab(directory, plan, build_topology(plan), meta["dataplane"], meta["created"])
 
 
@@ -102,7 +101,8 @@ class UpResult:
 
 def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, keep_on_error: bool) -> UpResult:
     started = time.monotonic()
-    plan, warnings = load_plan(plan_path)
+    text, source = read_plan_file(plan_path)
+    plan, warnings = parse_plan_text(text, source)
     if name is not None:
         if not LAB_RE.match(name):
             raise UsageError(f"--name '{name}' is not a valid lab name: use {LAB_RULE}")
@@ -123,12 +123,12 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
     registry = Registry(directory)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        _write_private(directory / PLAN_COPY, _plan_text(plan_path, plan))
+        _write_private(directory / PLAN_COPY, text)
         _build_network(topo, registry)
         chosen = probe_dataplane(topo.backbone) if dataplane == "auto" else dataplane
-        (directory / LAB_META).write_text(json.dumps({
-            "dataplane": chosen, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
-        lab = open_lab(plan.name)
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        (directory / LAB_META).write_text(json.dumps({"name": plan.name, "dataplane": chosen, "created": created}))
+        lab = Lab(directory, plan, topo, chosen, created)
         _start_gateways(lab, registry, time.monotonic() + 10)
         connect_all(lab, timeout)
     except BaseException:
@@ -152,14 +152,6 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _plan_text(plan_path: str | None, plan: Plan) -> str:
-    """The plan file as given, with the lab name the lab actually runs under."""
-    text, _ = read_plan_file(plan_path)
-    data = yaml.safe_load(text)
-    data["lab"] = plan.name
-    return yaml.safe_dump(data, sort_keys=False)
-
-
 def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -167,22 +159,23 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _build_network(topo: Topology, registry: Registry) -> None:
+    """One netlink socket per namespace, in creation order: a veth is created from its first
+    end's namespace (the backbone, or the router of a host), which topology always creates
+    before the namespace of its other end, so every interface exists when its namespace's turn comes."""
     for ns in topo.namespaces:
         registry.create_netns(ns)
-    for veth in topo.veths:
-        with ops.Namespace(veth.ns_a) as a:
-            a.add_veth(veth.if_a, veth.ns_b, veth.if_b)
-            a.add_address(veth.if_a, veth.addr_a)
-            a.up(veth.if_a)
-        with ops.Namespace(veth.ns_b) as b:
-            b.add_address(veth.if_b, veth.addr_b)
-            b.up(veth.if_b)
     for ns in topo.namespaces:
         with ops.Namespace(ns) as n:
-            n.up("lo")
-            for lo_ns, addr in topo.lo_addresses:
-                if lo_ns == ns:
-                    n.add_address("lo", addr)
+            for veth in topo.veths:
+                if veth.ns_a == ns:
+                    n.add_veth(veth.if_a, veth.ns_b, veth.if_b)
+            ends = [(v.if_a, v.addr_a) for v in topo.veths if v.ns_a == ns]
+            ends += [(v.if_b, v.addr_b) for v in topo.veths if v.ns_b == ns]
+            ends += [("lo", addr) for lo_ns, addr in topo.lo_addresses if lo_ns == ns]
+            for ifname, addr in ends:
+                n.add_address(ifname, addr)
+            for ifname in {"lo", *(ifname for ifname, _ in ends)}:
+                n.up(ifname)
             for route in topo.routes:
                 if route.ns == ns:
                     n.add_route(route.dst, route.via, route.prohibit)
@@ -226,7 +219,7 @@ def connect_all(lab: Lab, timeout: float) -> None:
     for gw, t in jobs:
         if not t.peer_in_lab:
             _initiate_in_background(lab.gw_dir(gw), t)
-    if waited:
+    if waited:  # the outcome is read back over vici by `status`, with the daemons' own reasons
         with ThreadPoolExecutor(max_workers=min(32, len(waited))) as pool:
             list(pool.map(lambda job: gateways.initiate(lab.gw_dir(job[0]), job[1].conn_id,
                                                         [c[0] for c in job[1].children], int(timeout * 1000)),
@@ -243,9 +236,15 @@ def _initiate_in_background(directory: Path, t: TunnelEnd) -> None:
 # -- down -------------------------------------------------------------------------------------
 
 def down(name: str | None, all_labs: bool) -> list[str]:
-    """Remove one lab (or all); returns the names removed. Safe to run twice."""
+    """Remove one lab (or all); returns the names removed (none when there was nothing). Safe twice."""
     require_root()
-    names = list_labs_any() if all_labs else [name or _only_lab()]
+    existing = list_labs_any()
+    if all_labs:
+        names = existing
+    elif name is None:
+        names = [_only_lab(existing)] if existing else []
+    else:
+        names = [name] if name in existing else []
     for lab_name in names:
         problems = Registry(state_base() / lab_name).teardown()
         if problems:
@@ -260,12 +259,9 @@ def list_labs_any() -> list[str]:
     return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
 
 
-def _only_lab() -> str:
-    labs = list_labs_any()
+def _only_lab(labs: list[str]) -> str:
     if len(labs) > 1:
         raise UsageError(f"several labs exist ({', '.join(labs)}): choose one with --name, or use --all")
-    if not labs:
-        raise EnvironmentProblem("no lab to remove")
     return labs[0]
 
 

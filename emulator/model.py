@@ -6,7 +6,7 @@ which run every check in `rules` first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 
@@ -135,13 +135,6 @@ class Plan:
         covered = [v for v in self.vnets if all(any(n.subnet_of(s) for s in site.address_space)
                                                  for n in v.address_space)]
         return covered[0] if len(covered) == 1 else None
-
-    def with_connection(self, conn: Connection) -> Plan:
-        others = tuple(c for c in self.connections if (c.vnet, c.local_site) != (conn.vnet, conn.local_site))
-        return replace(self, connections=others + (conn,))
-
-    def with_site(self, site: LocalSite) -> Plan:
-        return replace(self, local_sites=tuple(site if s.name == site.name else s for s in self.local_sites))
 
 
 # Classic defaults (azure-classic-facts.md). "classic" is the 2016 table exactly; "gcm-first"

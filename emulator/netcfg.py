@@ -21,7 +21,7 @@ from .model import Plan
 from .plan import NAME_RE, parse_plan_data
 from .problems import Collector, PlanError, Problem
 from .topology import build_topology
-from .yamlsource import MAX_PLAN_BYTES, LineMap
+from .yamlsource import MAX_PLAN_BYTES
 
 NS = "http://schemas.microsoft.com/ServiceHosting/2011/07/NetworkConfiguration"
 
@@ -137,19 +137,8 @@ def import_netcfg(text: str, source: str, gateway_type: str = "DynamicRouting", 
     out.raise_if_errors()
     data = {"vnets": vnets, "local_sites": sites, "connections": connections}
     plain = {k: v for k, v in data.items() if v}
-    plan, warnings = parse_plan_data(_as_linemaps(plain), out)
+    plan, warnings = parse_plan_data(plain, out)
     return plain, plan, warnings
-
-
-def _as_linemaps(value: Any) -> Any:
-    """The parser expects YAML-loaded mappings; give it the same shape without line numbers."""
-    if isinstance(value, dict):
-        m = LineMap({k: _as_linemaps(v) for k, v in value.items()})
-        m.line, m.key_lines = None, {}
-        return m
-    if isinstance(value, list):
-        return [_as_linemaps(v) for v in value]
-    return value
 
 
 def export_netcfg(plan: Plan) -> str:

@@ -104,8 +104,8 @@ class _Parser:
 
     # -- generic field readers ---------------------------------------------------------------
     def mapping(self, value: Any, obj: str, fld: str, line: int | None, allowed: set[str] | None) -> LineMap | None:
-        if value is None:
-            value = LineMap()
+        if value is None or (isinstance(value, dict) and not isinstance(value, LineMap)):
+            value = LineMap(value or {})  # plain mappings (from netcfg) have no lines
             value.line, value.key_lines = line, {}
         if not isinstance(value, LineMap):
             self.out.error(obj, fld, f"must be a mapping (key: value), not {_kind(value)}", line)

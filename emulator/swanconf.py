@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-LIST_KEYS = {"local_addrs", "remote_addrs", "proposals", "esp_proposals", "ah_proposals", "local_ts", "remote_ts",
-             "vips", "pools"}
+LIST_KEYS = {"local_addrs", "remote_addrs", "proposals", "esp_proposals", "local_ts", "remote_ts"}
 _TOKEN = re.compile(r"\s*(?:(#[^\n]*)|(\{)|(\})|([^\s={}#]+)\s*=\s*([^\n#]*)|include\s+(\S+)|(\S+))")
 
 

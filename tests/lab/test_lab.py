@@ -16,7 +16,7 @@ DEFAULT = PLANS / "classic-vnet-to-vnet.yaml"
 def variant(tmp_path: Path, **replacements: str) -> Path:
     text = DEFAULT.read_text()
     for old, new in replacements.items():
-        assert old.replace("_", " ") in text or old in text
+        assert old in text
         text = text.replace(old, new)
     path = tmp_path / "plan.yaml"
     path.write_text(text)
@@ -48,7 +48,8 @@ def test_default_plan_up_ping_status_down(lab):
     res = lab.cli("down", "--name", "t-default")
     assert res.returncode == 0, res.stderr
     assert_nothing_left(lab.state, {"t-default": journal})
-    assert lab.cli("down", "--name", "t-default").returncode in (0, 3)  # safe to run twice
+    again = lab.cli("down", "--name", "t-default")  # safe to run twice
+    assert again.returncode == 0 and "nothing to remove" in again.stdout
 
 
 def test_ikev1(lab, tmp_path):

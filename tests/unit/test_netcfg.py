@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from emulator.netcfg import export_netcfg, import_netcfg
+from emulator.netcfg import import_netcfg
 from emulator.plan import parse_plan_text
 from emulator.problems import PlanError
 from tests.conftest import FIXTURES, PLANS
