@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=20.0, metavar="S",
                    help="wait at most S seconds for the tunnels (default: 20)")
     p.add_argument("--keep-on-error", action="store_true", help="leave a half-built lab for inspection")
+    p.add_argument("--no-sku-limit", action="store_true",
+                   help="do not emulate the gateway SKU's bandwidth (100 Mbit/s Basic/Standard, 200 HighPerformance)")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
 
     p = cmd("status", "connection state per VNet, like Get-AzureVNetConnection",
@@ -99,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     _name_arg(p)
     p.add_argument("node", metavar="NODE")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+
+    p = cmd("verify", "prove with packets that the lab does what the plan says",
+            "Probe the running lab with scapy: reachability between every pair of networks the plan "
+            "connects (every address space, both directions, ICMP/TCP/UDP with a nonce), isolation of every "
+            "pair it does not, and a backbone capture that must hold only IKE and ESP. With --throughput, "
+            "iperf3 through each connection and over a bare backbone veth. Exit 0 when every check passes, "
+            "1 when one fails, 3 when the lab is not running.")
+    _name_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    p.add_argument("--junit", metavar="FILE", help="also write the checks as JUnit XML")
+    p.add_argument("--pcap", metavar="DIR", help="write the backbone capture, one pcap file per link")
+    p.add_argument("--throughput", action="store_true", help="also measure TCP throughput with iperf3")
+    p.add_argument("--duration", type=float, default=3.0, metavar="S",
+                   help="seconds per throughput measurement and direction (default: 3)")
 
     p = cmd("down", "remove a lab: every namespace, process and file it created",
             "Remove exactly what 'up' recorded: daemons (by pid), namespaces with their links, and the "
@@ -224,4 +240,5 @@ HANDLERS = {
     "status": _lab_command("status"),
     "exec": _lab_command("exec_"),
     "down": _lab_command("down"),
+    "verify": _lab_command("verify"),
 }

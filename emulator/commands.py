@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from . import lab as labmod
-from .problems import ExitCode
+from .problems import ExitCode, UsageError
 from .report import print_json, print_problems, table
 from .status import ConnectionStatus, collect, expected_up
 
@@ -28,7 +28,8 @@ def _failures(lab: labmod.Lab, rows: list[ConnectionStatus]) -> list[ConnectionS
 
 
 def up(args: argparse.Namespace) -> int:
-    result = labmod.up(args.plan, args.name, args.dataplane, args.timeout, args.keep_on_error)
+    result = labmod.up(args.plan, args.name, args.dataplane, args.timeout, args.keep_on_error,
+                       sku_limit=not args.no_sku_limit)
     print_problems(result.warnings)
     rows = collect(result.lab)
     print_status(result.lab, rows, args.json)
@@ -62,3 +63,30 @@ def down(args: argparse.Namespace) -> int:
     else:
         print(f"nothing to remove: no lab{f' named {args.name!r}' if args.name and not args.all else ''} exists")
     return ExitCode.OK
+
+
+def verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import write_junit
+    from .verify import verify as run_verify
+
+    if args.duration <= 0 or args.duration > 60:
+        raise UsageError("--duration must be between 0 and 60 seconds")
+    lab = labmod.open_lab(args.name)
+    checks = run_verify(lab, Path(args.pcap) if args.pcap else None, throughput=args.throughput,
+                        duration=args.duration)
+    passed = all(c.ok for c in checks)
+    if args.junit:
+        write_junit(Path(args.junit), lab.name, checks)
+    if args.json:
+        print_json({"lab": lab.name, "dataplane": lab.dataplane, "passed": passed,
+                    "checks": [c.as_dict() for c in checks]})
+    else:
+        print(table(["check", "proto", "from", "to", "result", "detail"],
+                    [[c.kind, c.proto or "", c.src, c.dst, "pass" if c.ok else "FAIL",
+                      (f"{c.mbps:.1f} Mbit/s; " if c.mbps is not None else "") + c.detail] for c in checks]))
+        failed = [c for c in checks if not c.ok]
+        print(f"\n{len(checks) - len(failed)}/{len(checks)} checks passed"
+              + (f"; failed: {', '.join(sorted({c.kind for c in failed}))}" if failed else ""))
+    return ExitCode.OK if passed else ExitCode.CHECK_FAILED

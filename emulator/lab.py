@@ -58,6 +58,7 @@ class Lab:
     topology: Topology
     dataplane: str
     created: str
+    sku_limit: bool  # gateway bandwidth emulated per SKU (tc on each VNet gateway's backbone link)
 
     @property
     def name(self) -> str:
@@ -87,7 +88,7 @@ def open_lab(name: str | None) -> Lab:
     meta = json.loads((directory / LAB_META).read_text())
     plan, _ = parse_plan_text((directory / PLAN_COPY).read_text(), f"lab {name}")
     plan = replace(plan, name=meta["name"])  # the plan copy is verbatim; --name may differ from its 'lab:'
-    return Lab(directory, plan, build_topology(plan), meta["dataplane"], meta["created"])
+    return Lab(directory, plan, build_topology(plan), meta["dataplane"], meta["created"], meta["sku_limit"])
 
 
 # -- up ---------------------------------------------------------------------------------------
@@ -99,7 +100,8 @@ class UpResult:
     seconds: float
 
 
-def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, keep_on_error: bool) -> UpResult:
+def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, keep_on_error: bool,
+       sku_limit: bool = True) -> UpResult:
     started = time.monotonic()
     text, source = read_plan_file(plan_path)
     plan, warnings = parse_plan_text(text, source)
@@ -125,10 +127,13 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
     try:
         _write_private(directory / PLAN_COPY, text)
         _build_network(topo, registry)
+        if sku_limit:
+            limit_gateways(topo)
         chosen = probe_dataplane(topo.backbone) if dataplane == "auto" else dataplane
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        (directory / LAB_META).write_text(json.dumps({"name": plan.name, "dataplane": chosen, "created": created}))
-        lab = Lab(directory, plan, topo, chosen, created)
+        (directory / LAB_META).write_text(json.dumps({"name": plan.name, "dataplane": chosen, "created": created,
+                                                      "sku_limit": sku_limit}))
+        lab = Lab(directory, plan, topo, chosen, created, sku_limit)
         _start_gateways(lab, registry, time.monotonic() + 10)
         connect_all(lab, timeout)
     except BaseException:
@@ -164,6 +169,9 @@ def _build_network(topo: Topology, registry: Registry) -> None:
     before the namespace of its other end, so every interface exists when its namespace's turn comes."""
     for ns in topo.namespaces:
         registry.create_netns(ns)
+        # classic VNets are IPv4: no IPv6 link-local chatter on lab links (and in backbone captures)
+        ops.set_sysctls(ns, {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1",
+                             **({"net.ipv4.ip_forward": "1"} if ns in topo.forwarding else {})})
     for ns in topo.namespaces:
         with ops.Namespace(ns) as n:
             for veth in topo.veths:
@@ -179,8 +187,15 @@ def _build_network(topo: Topology, registry: Registry) -> None:
             for route in topo.routes:
                 if route.ns == ns:
                     n.add_route(route.dst, route.via, route.prohibit)
-    for ns in topo.forwarding:
-        ops.set_sysctl(ns, "net.ipv4.ip_forward", "1")
+
+
+def limit_gateways(topo: Topology) -> None:
+    """Emulate each VNet gateway's SKU bandwidth (Basic and Standard 100, HighPerformance 200 Mbit/s),
+    shared by all its tunnels: a token bucket on the egress of its backbone link."""
+    for gw in topo.gateways:
+        if gw.sku is not None:
+            with ops.Namespace(gw.netns) as n:
+                n.limit_rate("bb", gw.sku.mbps)
 
 
 def probe_dataplane(netns: str) -> str:

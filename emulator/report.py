@@ -71,3 +71,20 @@ def print_plan_summary(summary: dict[str, Any]) -> None:
                       "set" if c["shared_key_set"] else "NOT SET"] for c in summary["connections"]]))
     else:
         print("no connections")
+
+
+def write_junit(path, suite: str, checks) -> None:
+    """Checks as JUnit XML, one testcase per check, so CI systems show each."""
+    from xml.etree.ElementTree import Element, SubElement, ElementTree
+
+    failures = [c for c in checks if not c.ok]
+    root = Element("testsuite", {"name": f"vnetlab verify {suite}", "tests": str(len(checks)),
+                                 "failures": str(len(failures))})
+    for c in checks:
+        name = f"{c.kind}{'/' + c.proto if c.proto else ''} {c.src} -> {c.dst}"
+        case = SubElement(root, "testcase", {"classname": f"vnetlab.{c.kind}", "name": name})
+        if not c.ok:
+            SubElement(case, "failure", {"message": c.detail}).text = c.detail
+        else:
+            SubElement(case, "system-out").text = c.detail
+    ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)

@@ -57,6 +57,14 @@ class Namespace:
     def add_address(self, ifname: str, addr: IPv4Interface) -> None:
         self.ipr.addr("add", index=self.index(ifname), address=str(addr.ip), prefixlen=addr.network.prefixlen)
 
+    def limit_rate(self, ifname: str, mbit: int) -> None:
+        """Token bucket on the interface's egress: at most `mbit` Mbit/s leave through it."""
+        self.ipr.tc("add", "tbf", index=self.index(ifname), handle="1:", rate=f"{mbit}mbit",
+                    burst=max(32 * 1024, mbit * 1024 * 1024 // 8 // 100), latency="50ms")
+
+    def clear_rate(self, ifname: str) -> None:
+        self.ipr.tc("del", "tbf", index=self.index(ifname), handle="1:")
+
     def add_route(self, dst: IPv4Network, via: IPv4Address | None = None, prohibit: bool = False) -> None:
         if prohibit:
             self.ipr.route("add", dst=str(dst), type="prohibit")
@@ -64,13 +72,14 @@ class Namespace:
             self.ipr.route("add", dst=str(dst), gateway=str(via))
 
 
-def set_sysctl(name: str, key: str, value: str) -> None:
-    """Write /proc/sys/<key> as seen from inside namespace `name` (net.* keys are per namespace)."""
+def set_sysctls(name: str, settings: dict[str, str]) -> None:
+    """Write /proc/sys keys as seen from inside namespace `name` (net.* keys are per namespace)."""
     netns.pushns(name)
     try:
-        Path("/proc/sys", key.replace(".", "/")).write_text(value)
+        for key, value in settings.items():
+            Path("/proc/sys", key.replace(".", "/")).write_text(value)
     finally:
         netns.popns()
 
 
-__all__ = ["Namespace", "NetlinkError", "create", "exists", "remove", "set_sysctl"]
+__all__ = ["Namespace", "NetlinkError", "create", "exists", "remove", "set_sysctls"]

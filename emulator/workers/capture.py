@@ -1,0 +1,82 @@
+"""Capture the backbone while probes run, then judge it: only IKE and ESP may cross.
+
+argv: the backbone's interfaces. Prints "ready" once sniffing. stdin then receives one JSON line
+{"nonces": [hex, ...], "private": [cidr, ...], "pcap_dir": path|null}; the worker stops, checks
+every packet and prints a JSON verdict.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+import threading
+from collections import defaultdict
+
+from scapy.config import conf
+from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror
+from scapy.sendrecv import AsyncSniffer
+from scapy.utils import wrpcap
+
+IKE_PORTS = {500, 4500}
+
+
+def classify(pkt) -> str:
+    """esp | ike | icmp-about-ike | other (IPv4) | l2 (ARP and the like, not IPv4)."""
+    if IP not in pkt:
+        return "l2"
+    ip = pkt[IP]
+    if ip.proto == 50:
+        return "esp"
+    if UDP in ip and (ip[UDP].sport in IKE_PORTS or ip[UDP].dport in IKE_PORTS):
+        payload = bytes(ip[UDP].payload)
+        if ip[UDP].dport == 4500 and len(payload) > 4 and payload[:4] != b"\0\0\0\0":
+            return "esp"  # ESP in UDP (RFC 3948): no non-ESP marker
+        return "ike"
+    if ICMP in ip and IPerror in ip and (ip[IPerror].proto == 50 or (
+            UDPerror in ip and (ip[UDPerror].sport in IKE_PORTS or ip[UDPerror].dport in IKE_PORTS))):
+        return "icmp-about-ike"  # e.g. 'network unreachable' for an IKE packet to a dummy peer address
+    return "other"
+
+
+def main() -> None:
+    conf.verb = 0
+    ifaces = sys.argv[1:]
+    started = threading.Event()
+    sniffer = AsyncSniffer(iface=ifaces, store=True, started_callback=started.set)
+    sniffer.start()
+    started.wait(5)
+    print("ready", flush=True)
+    request = json.loads(sys.stdin.readline() or "{}")
+    packets = sniffer.stop() or []
+    nonces = [bytes.fromhex(n) for n in request.get("nonces", [])]
+    private = [ipaddress.ip_network(n) for n in request.get("private", [])]
+    counts: dict[str, int] = defaultdict(int)
+    esp_bytes = 0
+    violations, leaks = [], []
+    per_iface = defaultdict(list)
+    for pkt in packets:
+        per_iface[getattr(pkt, "sniffed_on", None) or "backbone"].append(pkt)
+        kind = classify(pkt)
+        counts[kind] += 1
+        raw = bytes(pkt)
+        if kind == "esp":
+            esp_bytes += len(pkt[IP])
+        if kind == "other" or (IP in pkt and any(
+                ipaddress.ip_address(a) in n for a in (pkt[IP].src, pkt[IP].dst) for n in private)):
+            violations.append(f"{getattr(pkt, 'sniffed_on', '?')}: {pkt.summary()}")
+        if any(n in raw for n in nonces):
+            leaks.append(f"{getattr(pkt, 'sniffed_on', '?')}: {pkt.summary()}")
+    pcaps = []
+    if request.get("pcap_dir"):
+        for iface in ifaces:  # one file per backbone link, empty or not
+            path = f"{request['pcap_dir']}/{iface}.pcap"
+            wrpcap(path, per_iface.get(iface, []), linktype=1)
+            pcaps.append(path)
+    json.dump({"packets": len(packets), "counts": dict(counts), "esp_bytes": esp_bytes,
+               "violations": violations[:20], "violation_count": len(violations),
+               "nonce_leaks": leaks[:20], "nonce_leak_count": len(leaks), "pcaps": pcaps}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

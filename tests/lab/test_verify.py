@@ -1,0 +1,72 @@
+"""`vnetlab verify` on real labs (issue: verification with scapy probes)."""
+
+import json
+import subprocess
+from xml.etree import ElementTree
+
+from tests.conftest import PLANS
+
+DEFAULT = PLANS / "classic-vnet-to-vnet.yaml"
+
+
+def verify(lab, name, *extra):
+    res = lab.cli("verify", "--name", name, "--json", *extra, timeout=120)
+    return res.returncode, json.loads(res.stdout), res
+
+
+def test_default_plan_verifies_with_esp_and_pcap(lab, tmp_path):
+    assert lab.cli("up", "--name", "t-verify").returncode == 0
+    code, data, res = verify(lab, "t-verify", "--pcap", str(tmp_path / "pcap"), "--junit", str(tmp_path / "j.xml"))
+    assert code == 0, res.stdout + res.stderr
+    assert data["passed"] is True
+    reach = {(c["src"].split()[0], c["dst"].split()[0], c["proto"]) for c in data["checks"] if c["kind"] == "reach"}
+    for src, dst in [("TestVNet1/default", "TestVNet4/default"), ("TestVNet1/default", "TestVNet4/space2"),
+                     ("TestVNet1/space2", "TestVNet4/space2"), ("TestVNet4/default", "TestVNet1/space2"),
+                     ("TestVNet4/space2", "TestVNet1/default")]:
+        assert {(src, dst, p) for p in ("icmp", "tcp", "udp")} <= reach
+    (esp,) = [c for c in data["checks"] if c["kind"] == "esp"]
+    assert esp["ok"] and not esp["detail"].startswith("0 ESP")
+    pcaps = sorted((tmp_path / "pcap").glob("*.pcap"))
+    assert [p.name for p in pcaps] == ["g0.pcap", "g1.pcap"]
+    dump = subprocess.run(["tcpdump", "-nr", str(pcaps[0])], capture_output=True, text=True)
+    assert dump.returncode == 0 and ("ESP" in dump.stdout or "UDP-encap" in dump.stdout), dump.stdout[:500]
+    suite = ElementTree.parse(tmp_path / "j.xml").getroot()
+    assert suite.get("failures") == "0" and int(suite.get("tests")) == len(data["checks"])
+
+
+def test_chain_does_not_transit(lab):
+    assert lab.cli("up", str(PLANS / "three-vnet-chain.yaml"), "--name", "t-chain").returncode == 0
+    code, data, res = verify(lab, "t-chain")
+    assert code == 0, res.stdout
+    isolation = [c for c in data["checks"] if c["kind"] == "isolation"]
+    pairs = {(c["src"].split("/")[0], c["dst"].split("/")[0]) for c in isolation}
+    assert pairs == {("VNetA", "VNetC"), ("VNetC", "VNetA")}
+    assert all(c["ok"] for c in isolation)
+
+
+def test_mismatched_keys_fail_and_nothing_in_clear(lab, tmp_path):
+    plan = tmp_path / "mismatch.yaml"
+    plan.write_text(DEFAULT.read_text().replace("local_site: VNet4Local, shared_key: A1b2C3D4",
+                                                "local_site: VNet4Local, shared_key: Other123"))
+    assert lab.cli("up", str(plan), "--name", "t-mismatch", "--timeout", "5").returncode == 1
+    code, data, res = verify(lab, "t-mismatch")
+    assert code == 1
+    failed = [c for c in data["checks"] if not c["ok"]]
+    assert failed and all(c["kind"] == "reach" for c in failed)
+    assert all("pre-shared key mismatch" in c["detail"] and "VNet" in c["detail"] for c in failed)
+    (esp,) = [c for c in data["checks"] if c["kind"] == "esp"]
+    assert esp["ok"], esp["detail"]  # the fail-closed gateway put nothing in clear on the backbone
+    assert "Other123" not in res.stdout + res.stderr
+
+
+def test_throughput_with_standard_sku_cap(lab):
+    assert lab.cli("up", "--name", "t-tput").returncode == 0
+    code, data, res = verify(lab, "t-tput", "--throughput", "--duration", "2")
+    assert code == 0, res.stdout
+    tput = [c for c in data["checks"] if c["kind"] == "throughput"]
+    tunnels = [c for c in tput if "TestVNet" in c["src"]]
+    assert len(tunnels) == 2 and len(tput) == 3
+    for c in tunnels:  # within 10 % of 100 Mbit/s, or the data plane is proven slower than the cap
+        assert 90 <= c["mbps"] <= 110 or "slower than the 100 Mbit/s cap" in c["detail"], c
+    bare = [c for c in tput if "TestVNet" not in c["src"]][0]
+    assert bare["mbps"] > max(c["mbps"] for c in tunnels)
