@@ -273,7 +273,7 @@ def throughput_checks(lab: Lab, pairs: list[Pair], statuses: list[ConnectionStat
                                     mbps=round(mbps, 1)))
         if bare:
             checks.append(Check("throughput", bare[0].split(" -> ")[0], bare[0].split(" -> ")[1], bare[1] > 0,
-                                f"bare backbone veth, no IPsec, no cap: what the tunnel costs is measured against this",
+                                "bare backbone veth, no IPsec, no cap: what the tunnel costs is measured against this",
                                 mbps=round(bare[1], 1)))
     finally:
         workers.stop_all()

@@ -1,5 +1,6 @@
-"""`make bench`: time `up` and `down` of the default plan (median of 5) and of a generated 10-VNet
-full mesh, and the memory of one gateway daemon. Writes bench-results.json and prints a table."""
+"""`make bench`: time `up`, `verify` and `down` of the default plan (median of 5), of a generated
+10-VNet full mesh and a 40-VNet chain; gateway daemon memory; tunnel throughput (no SKU cap)
+against the bare backbone veth. Writes bench-results.json and prints a table."""
 
 import json
 import os
@@ -11,6 +12,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def chain(n: int) -> str:
+    lines = ["lab: bench-chain", "vnets:"]
+    for i in range(n):
+        lines += [f"  C{i}:", "    location: West US", f"    address_space: [10.{100 + i}.0.0/16]",
+                  f"    subnets: {{default: 10.{100 + i}.0.0/24}}", f"    gateway_subnet: 10.{100 + i}.255.0/27",
+                  "    gateway: {type: DynamicRouting, sku: Standard}"]
+    lines.append("local_sites:")
+    lines += [f"  L{i}: {{address_space: [10.{100 + i}.0.0/16]}}" for i in range(n)]
+    lines.append("connections:")
+    for i in range(n - 1):
+        lines += [f"  - {{vnet: C{i}, local_site: L{i + 1}, shared_key: Chain{i}}}",
+                  f"  - {{vnet: C{i + 1}, local_site: L{i}, shared_key: Chain{i}}}"]
+    return "\n".join(lines) + "\n"
 
 
 def mesh(n: int) -> str:
@@ -28,11 +44,21 @@ def mesh(n: int) -> str:
 
 
 def run(*argv: str) -> float:
+    return run_json(*argv)[0]
+
+
+def run_json(*argv: str) -> tuple[float, dict]:
     start = time.monotonic()
     res = subprocess.run([sys.executable, "-m", "emulator", *argv], capture_output=True, text=True)
     if res.returncode != 0:
-        raise SystemExit(f"vnetlab {' '.join(argv)} failed ({res.returncode}):\n{res.stderr}")
-    return time.monotonic() - start
+        raise SystemExit(f"vnetlab {' '.join(argv)} failed ({res.returncode}):\n{res.stderr}{res.stdout[-2000:]}")
+    return time.monotonic() - start, (json.loads(res.stdout) if "--json" in argv else {})
+
+
+def plan_file(text: str) -> str:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        fh.write(text)
+    return fh.name
 
 
 def rss_kb(lab: str) -> list[int]:
@@ -45,20 +71,40 @@ def rss_kb(lab: str) -> list[int]:
 def main() -> None:
     os.environ["VNETLAB_STATE_DIR"] = tempfile.mkdtemp(prefix="vnetlab-bench-")
     results: dict = {}
-    ups, downs = [], []
+    ups, downs, verifies = [], [], []
     for _ in range(5):
         ups.append(run("up", "--name", "bench-default"))
         rss = rss_kb("bench-default")
+        verifies.append(run("verify", "--name", "bench-default"))
         downs.append(run("down", "--name", "bench-default"))
     results["default_up_s_median"] = round(statistics.median(ups), 3)
+    results["default_verify_s_median"] = round(statistics.median(verifies), 3)
     results["default_down_s_median"] = round(statistics.median(downs), 3)
     results["charon_rss_mb_max"] = round(max(rss) / 1024, 1)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-        fh.write(mesh(10))
-    results["mesh10_up_s"] = round(run("up", fh.name), 3)
+
+    run("up", "--name", "bench-tput", "--no-sku-limit")
+    _, data = run_json("verify", "--name", "bench-tput", "--throughput", "--json")
+    run("down", "--name", "bench-tput")
+    tput = [c for c in data["checks"] if c["kind"] == "throughput"]
+    tunnel = min(c["mbps"] for c in tput if "TestVNet" in c["src"])
+    bare = next(c["mbps"] for c in tput if "TestVNet" not in c["src"])
+    results["dataplane"] = data["dataplane"]
+    results["tunnel_mbps_no_cap"] = tunnel
+    results["bare_veth_mbps"] = bare
+    results["tunnel_over_bare_percent"] = round(100 * tunnel / bare, 2)
+    results["tunnel_cipher"] = next(c["detail"].split("cipher ")[1].split(",")[0] for c in tput if "cipher" in c["detail"])
+
+    path = plan_file(mesh(10))
+    results["mesh10_up_s"] = round(run("up", path), 3)
     results["mesh10_charon_rss_mb_max"] = round(max(rss_kb("bench-mesh")) / 1024, 1)
+    results["mesh10_verify_s"] = round(run("verify", "--name", "bench-mesh"), 3)
     results["mesh10_down_s"] = round(run("down", "--name", "bench-mesh"), 3)
-    os.unlink(fh.name)
+    os.unlink(path)
+    path = plan_file(chain(40))
+    results["chain40_up_s"] = round(run("up", path), 3)
+    results["chain40_charon_rss_mb_max"] = round(max(rss_kb("bench-chain")) / 1024, 1)
+    results["chain40_down_s"] = round(run("down", "--name", "bench-chain"), 3)
+    os.unlink(path)
     (ROOT / "bench-results.json").write_text(json.dumps(results, indent=2) + "\n")
     width = max(map(len, results))
     for key, value in results.items():
