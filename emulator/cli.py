@@ -88,12 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not emulate the gateway SKU's bandwidth (100 Mbit/s Basic/Standard, 200 HighPerformance)")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
 
-    p = cmd("status", "connection state per VNet, like Get-AzureVNetConnection",
+    p = cmd("status", "connection state of every gateway, like Get-AzureVNetConnection",
             "Per gateway and connection: ConnectivityState (Connected, Connecting, NotConnected), bytes in "
             "and out, when it was last established, IKE version and the data plane, read from the gateways "
             "over vici. A connection that is not Connected says why.")
     _name_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the evidence behind each reason")
 
     p = cmd("exec", "run a command inside a lab node's namespace",
             "Run COMMAND in a node: a VNet name for its router and gateway (TestVNet1), VNET/SUBNET for a "
@@ -101,6 +102,60 @@ def build_parser() -> argparse.ArgumentParser:
     _name_arg(p)
     p.add_argument("node", metavar="NODE")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+
+    def vnet_site(p: argparse.ArgumentParser, site: bool = True) -> None:
+        _name_arg(p)
+        p.add_argument("--vnet", required=True, metavar="VNET", help="the VNet (its gateway)")
+        if site:
+            p.add_argument("--site", required=True, metavar="SITE", help="the local network site it connects to")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = cmd("set-key", "set a connection's shared key on one side (Set-AzureVNetGatewayKey)",
+            "Set the pre-shared key of VNET's connection to SITE, on that side only; it is reloaded into the "
+            "running gateway and the connection re-initiated at once. Like the cmdlet, it reports "
+            "'Status: Successful' even when the key differs from the peer's: then the connection fails, "
+            "and 'vnetlab connection' says why.")
+    vnet_site(p)
+    p.add_argument("--key", required=True, metavar="KEY", help="1-128 letters and digits (never printed back)")
+
+    p = cmd("get-key", "print a connection's shared key (Get-AzureVNetGatewayKey)",
+            "Print the pre-shared key of VNET's connection to SITE. The only command that prints a key.")
+    vnet_site(p)
+
+    p = cmd("gateway", "a VNet gateway's state, VIP, type, SKU (Get-AzureVNetGateway)",
+            "State, VIPAddress (the emulated public address), GatewayType, GatewaySKU, data plane and the "
+            "gateway's last event. A VNet without a gateway is a 404, as in Azure.")
+    vnet_site(p, site=False)
+
+    p = cmd("update-site", "change a local site's VPN gateway address (walkthrough: Update local sites)",
+            "Replace a local network site's gateway address, e.g. the walkthrough's dummy 5.4.3.2 by the peer "
+            "gateway's VIP (see 'vnetlab gateway') or 'auto'. Every connection to that site is reloaded and "
+            "re-initiated at once.")
+    _name_arg(p)
+    p.add_argument("--site", required=True, metavar="SITE")
+    p.add_argument("--gateway-ip", required=True, metavar="IP|auto")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = cmd("connection", "per local site state, bytes and last event (Get-AzureVNetConnection)",
+            "For each local network site of VNET: ConnectivityState, Egress/IngressBytesTransferred, "
+            "LastConnectionEstablished, LastEventID/Message/TimeStamp (from the gateway's own vici events) "
+            "and, when not Connected, why. --verbose shows the daemons' log lines behind the reason.")
+    vnet_site(p, site=False)
+    p.add_argument("-v", "--verbose", action="store_true", help="show the evidence (log lines, keys masked)")
+
+    for verb, flag in (("disconnect", "-Disconnect"), ("connect", "-Connect")):
+        p = cmd(verb, f"{verb} a VNet's connection to a site (Set-AzureVNetGateway {flag})",
+                f"Set-AzureVNetGateway {flag}: {'drop the tunnel and keep it down' if verb == 'disconnect' else 'load the connection again and initiate it'} on VNET's side.")
+        vnet_site(p)
+
+    p = cmd("demo", "narrated, scripted demonstrations on their own lab",
+            "psk-mismatch: keys alike -> Connected and probes pass; one side re-keyed -> NotConnected, the "
+            "cause named, probes fail, nothing in clear; key restored -> Connected again. walkthrough: the "
+            "classic article step by step, from the dummy 5.4.3.2 to verified tunnels. Exit 0 only when every "
+            "observation matched its expectation. The demo removes its lab at the end.")
+    p.add_argument("scenario", choices=["psk-mismatch", "walkthrough"])
+    p.add_argument("--ike", type=int, choices=[1, 2], default=2, help="IKE version (psk-mismatch; default 2)")
+    p.add_argument("--name", metavar="LAB", help="name of the demo's lab (default: demo-<scenario>)")
 
     p = cmd("verify", "prove with packets that the lab does what the plan says",
             "Probe the running lab with scapy: reachability between every pair of networks the plan "
@@ -241,4 +296,12 @@ HANDLERS = {
     "exec": _lab_command("exec_"),
     "down": _lab_command("down"),
     "verify": _lab_command("verify"),
+    "set-key": _lab_command("set_key"),
+    "get-key": _lab_command("get_key"),
+    "gateway": _lab_command("gateway"),
+    "update-site": _lab_command("update_site"),
+    "connection": _lab_command("connection"),
+    "disconnect": _lab_command("disconnect"),
+    "connect": _lab_command("connect"),
+    "demo": _lab_command("demo"),
 }

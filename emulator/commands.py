@@ -11,7 +11,7 @@ from .report import print_json, print_problems, table
 from .status import ConnectionStatus, collect, expected_up
 
 
-def print_status(lab: labmod.Lab, rows: list[ConnectionStatus], as_json: bool) -> None:
+def print_status(lab: labmod.Lab, rows: list[ConnectionStatus], as_json: bool, verbose: bool = False) -> None:
     if as_json:
         print_json({"lab": lab.name, "dataplane": lab.dataplane, "created": lab.created,
                     "connections": [r.as_dict() for r in rows]})
@@ -20,6 +20,10 @@ def print_status(lab: labmod.Lab, rows: list[ConnectionStatus], as_json: bool) -
     print(table(["gateway", "local site", "state", "IKE", "in bytes", "out bytes", "established", "reason"],
                 [[r.gateway, r.local_site, r.connectivity_state, f"v{r.ike_version}", r.ingress_bytes,
                   r.egress_bytes, r.last_connection_established or "-", r.reason] for r in rows]))
+    if verbose:
+        for r in rows:
+            for line in r.evidence:
+                print(f"  evidence {r.gateway} -> {r.local_site}: {line}")
 
 
 def _failures(lab: labmod.Lab, rows: list[ConnectionStatus]) -> list[ConnectionStatus]:
@@ -46,7 +50,7 @@ def up(args: argparse.Namespace) -> int:
 def status(args: argparse.Namespace) -> int:
     lab = labmod.open_lab(args.name)
     rows = collect(lab)
-    print_status(lab, rows, args.json)
+    print_status(lab, rows, args.json, args.verbose)
     return ExitCode.CHECK_FAILED if _failures(lab, rows) else ExitCode.OK
 
 
@@ -90,3 +94,95 @@ def verify(args: argparse.Namespace) -> int:
         print(f"\n{len(checks) - len(failed)}/{len(checks)} checks passed"
               + (f"; failed: {', '.join(sorted({c.kind for c in failed}))}" if failed else ""))
     return ExitCode.OK if passed else ExitCode.CHECK_FAILED
+
+
+OPERATION_STATUS = {"Error": None, "HttpStatusCode": "OK", "Id": None, "Status": "Successful", "RequestId": None,
+                    "StatusCode": "OK"}
+
+
+def _block(data: dict, as_json: bool) -> None:
+    """A PowerShell-style property list, or JSON."""
+    if as_json:
+        print_json(data)
+        return
+    width = max(map(len, data))
+    for key, value in data.items():
+        print(f"{key:<{width}} : {'' if value is None else value}")
+
+
+def set_key(args: argparse.Namespace) -> int:
+    from .workflow import set_key as run
+
+    run(args.name, args.vnet, args.site, args.key)
+    _block(OPERATION_STATUS, args.json)
+    return ExitCode.OK
+
+
+def get_key(args: argparse.Namespace) -> int:
+    from .workflow import get_key as run
+
+    _block({"Value": run(args.name, args.vnet, args.site)}, args.json)
+    return ExitCode.OK
+
+
+def gateway(args: argparse.Namespace) -> int:
+    from .workflow import gateway as run
+
+    _block(run(args.name, args.vnet), args.json)
+    return ExitCode.OK
+
+
+def update_site(args: argparse.Namespace) -> int:
+    from .workflow import update_site as run
+
+    _lab, notes = run(args.name, args.site, args.gateway_ip)
+    if args.json:
+        print_json({**OPERATION_STATUS, "changes": notes})
+    else:
+        _block(OPERATION_STATUS, False)
+        for note in notes:
+            print(f"  {note}", file=sys.stderr)
+    return ExitCode.OK
+
+
+def connection(args: argparse.Namespace) -> int:
+    from .workflow import connection as run
+
+    _lab, reports = run(args.name, args.vnet)
+    entries = [r.as_dict() for r in reports]
+    if not args.verbose:
+        for e in entries:
+            e.pop("Evidence")
+    if args.json:
+        print_json(entries)
+    else:
+        for i, e in enumerate(entries):
+            if i:
+                print()
+            evidence = e.pop("Evidence", [])
+            _block(e, False)
+            for line in evidence:
+                print(f"  evidence: {line}")
+    return ExitCode.OK if all(r.status.connectivity_state == "Connected" for r in reports) else ExitCode.CHECK_FAILED
+
+
+def disconnect(args: argparse.Namespace) -> int:
+    from .workflow import set_connected
+
+    set_connected(args.name, args.vnet, args.site, connect=False)
+    _block(OPERATION_STATUS, args.json)
+    return ExitCode.OK
+
+
+def connect(args: argparse.Namespace) -> int:
+    from .workflow import set_connected
+
+    set_connected(args.name, args.vnet, args.site, connect=True)
+    _block(OPERATION_STATUS, args.json)
+    return ExitCode.OK
+
+
+def demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    return run(args.scenario, args.name or f"demo-{args.scenario}", args.ike)

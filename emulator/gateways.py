@@ -114,6 +114,21 @@ def _without_autostart(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "children": children}
 
 
+def terminate(directory: Path, conn: str) -> None:
+    """Close every IKE_SA of a connection (and its CHILD_SAs); nothing to do when there is none."""
+    with session(directory) as s:
+        try:
+            for _ in s.terminate({"ike": conn, "timeout": 2000, "force": "yes"}):
+                pass
+        except vici.exception.CommandException:
+            pass  # no matching SA
+
+
+def unload(directory: Path, conn: str) -> None:
+    with session(directory) as s:
+        s.unload_conn({"name": conn})
+
+
 def initiate(directory: Path, conn: str, children: list[str], timeout_ms: int) -> bool:
     """Initiate a connection's CHILD_SAs and wait until each is established or has failed.
     Why one failed is not taken from here: `status` reads it from both daemons' logs."""

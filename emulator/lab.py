@@ -13,10 +13,12 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from netns import ops
@@ -24,7 +26,7 @@ from netns.registry import Registry
 
 from . import gateways
 from .plan import LAB_RE, LAB_RULE, parse_plan_text, read_plan_file
-from .model import Plan
+from .model import Plan, SharedKey
 from .problems import EnvironmentProblem, Problem, UsageError
 from .render import render_gateway, write_rendered
 from .swanconf import read_gateway_config
@@ -32,6 +34,38 @@ from .topology import GatewayNode, Topology, TunnelEnd, build_topology
 
 PLAN_COPY = "plan.yaml"
 LAB_META = "lab.json"
+CHANGES = "changes.json"
+EVENTS = "events.jsonl"
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What the classic workflow changed on a running lab, on top of its plan copy (mode 0600:
+    it holds keys). Keys are 'VNET/SITE'; a key of None means 'no key'."""
+
+    keys: dict[str, str | None] = field(default_factory=dict)
+    gateway_ips: dict[str, str] = field(default_factory=dict)  # site -> address or "auto"
+    disconnected: frozenset[str] = frozenset()
+
+    @staticmethod
+    def read(directory: Path) -> "Changes":
+        try:
+            data = json.loads((directory / CHANGES).read_text())
+        except FileNotFoundError:
+            return Changes()
+        return Changes(data["keys"], data["gateway_ips"], frozenset(data["disconnected"]))
+
+    def write(self, directory: Path) -> None:
+        _write_private(directory / CHANGES, json.dumps({"keys": self.keys, "gateway_ips": self.gateway_ips,
+                                                         "disconnected": sorted(self.disconnected)}))
+
+    def apply(self, plan: Plan) -> Plan:
+        for ref, key in self.keys.items():
+            vnet, site = ref.split("/", 1)
+            plan = plan.with_key(vnet, site, SharedKey(key) if key else None)
+        for site, ip in self.gateway_ips.items():
+            plan = plan.with_gateway_ip(site, None if ip == "auto" else IPv4Address(ip))
+        return plan
 
 
 def state_base() -> Path:
@@ -59,6 +93,7 @@ class Lab:
     dataplane: str
     created: str
     sku_limit: bool  # gateway bandwidth emulated per SKU (tc on each VNet gateway's backbone link)
+    changes: Changes = Changes()
 
     @property
     def name(self) -> str:
@@ -88,7 +123,10 @@ def open_lab(name: str | None) -> Lab:
     meta = json.loads((directory / LAB_META).read_text())
     plan, _ = parse_plan_text((directory / PLAN_COPY).read_text(), f"lab {name}")
     plan = replace(plan, name=meta["name"])  # the plan copy is verbatim; --name may differ from its 'lab:'
-    return Lab(directory, plan, build_topology(plan), meta["dataplane"], meta["created"], meta["sku_limit"])
+    changes = Changes.read(directory)
+    plan = changes.apply(plan)
+    return Lab(directory, plan, build_topology(plan), meta["dataplane"], meta["created"], meta["sku_limit"],
+               changes)
 
 
 # -- up ---------------------------------------------------------------------------------------
@@ -135,6 +173,7 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
                                                       "sku_limit": sku_limit}))
         lab = Lab(directory, plan, topo, chosen, created, sku_limit)
         _start_gateways(lab, registry, time.monotonic() + 10)
+        _start_monitor(lab, registry)
         connect_all(lab, timeout)
     except BaseException:
         if not keep_on_error and os.getpid() == _MAIN_PID:
@@ -223,6 +262,19 @@ def _start_gateways(lab: Lab, registry: Registry, deadline: float) -> None:
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(lambda gw: gateways.load(lab.gw_dir(gw), read_gateway_config(lab.gw_dir(gw))),
                       lab.topology.gateways))
+
+
+def _start_monitor(lab: Lab, registry: Registry) -> None:
+    """The event recorder (workers/monitor.py), in the host namespace: it only talks to the vici
+    sockets. It exits by itself when the daemons go; `down` also stops it by its journalled pid."""
+    argv = [sys.executable, "-m", "emulator.workers.monitor", str(lab.directory),
+            *(f"{gw.name}={lab.gw_dir(gw)}" for gw in lab.topology.gateways)]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    registry.adopt_process(proc.pid, "event monitor")
+    if proc.stdout.readline().strip() != "ready":
+        raise EnvironmentProblem("the event monitor did not start")
+    proc.stdout.close()
 
 
 def connect_all(lab: Lab, timeout: float) -> None:

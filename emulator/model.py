@@ -6,7 +6,7 @@ which run every check in `rules` first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 
@@ -135,6 +135,14 @@ class Plan:
         covered = [v for v in self.vnets if all(any(n.subnet_of(s) for s in site.address_space)
                                                  for n in v.address_space)]
         return covered[0] if len(covered) == 1 else None
+
+    def with_key(self, vnet: str, site: str, key: SharedKey | None) -> Plan:
+        return replace(self, connections=tuple(replace(c, shared_key=key) if (c.vnet, c.local_site) == (vnet, site)
+                                               else c for c in self.connections))
+
+    def with_gateway_ip(self, site: str, ip: IPv4Address | None) -> Plan:
+        return replace(self, local_sites=tuple(replace(s, gateway_ip=ip) if s.name == site else s
+                                               for s in self.local_sites))
 
 
 # Classic defaults (azure-classic-facts.md). "classic" is the 2016 table exactly; "gcm-first"

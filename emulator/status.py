@@ -3,6 +3,7 @@ one-line reason a connection is not Connected, backed by the daemons' own log li
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -11,18 +12,22 @@ from . import gateways
 from .lab import Lab
 from .topology import GatewayNode, TunnelEnd
 
-# (marker in a charon log line, the cause it proves) — strongSwan's net2net-psk-fail tests check these lines
+# (cause, regular expression for a charon log line, what it shows the gateway did). strongSwan's own
+# net2net-psk-fail tests check the same lines.
 MARKERS = (
-    ("MAC mismatched", "pre-shared key mismatch: {side} checked the peer's AUTH payload against its key and "
-                       "it did not match (MAC mismatched)"),
-    ("AUTHENTICATION_FAILED", "pre-shared key mismatch: the peer answered AUTHENTICATION_FAILED"),
-    ("decryption failed", "pre-shared key mismatch (IKEv1 main mode): {side} could not decrypt the peer's "
-                          "payloads (invalid HASH_V1/ID_V1 payload length, decryption failed)"),
-    ("NO_PROPOSAL_CHOSEN", "proposal mismatch: the two sides share no IKE or ESP proposal (NO_PROPOSAL_CHOSEN)"),
-    ("no acceptable proposal", "proposal mismatch: the two sides share no IKE or ESP proposal"),
-    ("TS_UNACCEPTABLE", "traffic selectors refused (TS_UNACCEPTABLE): the local site's address space does not "
-                        "match the peer VNet's"),
-    ("no shared key found", "key not set on {side}"),
+    ("key", "MAC mismatched", "found the peer's AUTH payload MAC mismatched"),
+    ("key", r"generating IKE_AUTH response \d+ \[ N\(AUTH_FAILED\) \]", "answered AUTHENTICATION_FAILED"),
+    ("key", "received AUTHENTICATION_FAILED", "received AUTHENTICATION_FAILED"),
+    ("key", "decryption failed", "could not decrypt the peer's payloads (invalid HASH_V1/ID_V1 payload length, "
+                                 "decryption failed)"),
+    ("nokey", "no shared key found", "found no shared key for the peer"),
+    ("proposal", "NO_PROPOSAL_CHOSEN", "received NO_PROPOSAL_CHOSEN"),
+    ("proposal", "no acceptable proposal found", "found no acceptable proposal"),
+    ("proposal", "proposals unacceptable", "found the received proposals unacceptable"),
+    ("ts", "TS_UNACCEPTABLE", "received TS_UNACCEPTABLE"),
+    ("ts", "inacceptable", "refused the proposed traffic selectors"),
+    ("unreachable", "giving up after", "gave up: no answer to its IKE requests"),
+    ("unreachable", "retransmit", "retransmitted: no answer yet"),
 )
 LOG_TAIL = 256 * 1024
 
@@ -67,8 +72,38 @@ def _peer(lab: Lab, t: TunnelEnd) -> tuple[GatewayNode, TunnelEnd] | None:
     return None
 
 
+def _mask(line: str, lab: Lab) -> str:
+    for gw in lab.topology.gateways:
+        for t in gw.tunnels:
+            if t.shared_key:
+                line = line.replace(t.shared_key.reveal(), "********")
+    return line
+
+
+def _explain(cause: str, hits: list[tuple[str, str]], lab: Lab, gw: GatewayNode, t: TunnelEnd,
+             peer_gw: GatewayNode, peer_end: TunnelEnd) -> str:
+    seen = "; ".join(f"{side} {what}" for side, what in dict.fromkeys(hits))
+    if cause == "key":
+        return f"pre-shared key mismatch (IKEv{t.ike_version}): {seen}"
+    if cause == "nokey":
+        return f"key not set: {seen}"
+    if cause == "proposal":
+        return (f"proposal mismatch (NO_PROPOSAL_CHOSEN): {seen}; {gw.name} offers IKE "
+                f"{','.join(t.ipsec.ike_proposals)} ESP {','.join(t.ipsec.esp_proposals)}; {peer_gw.name} accepts "
+                f"IKE {','.join(peer_end.ipsec.ike_proposals)} ESP {','.join(peer_end.ipsec.esp_proposals)}")
+    if cause == "ts":
+        return (f"traffic selectors refused (TS_UNACCEPTABLE): {seen}; {gw.name} proposes "
+                f"{', '.join(map(str, t.local_ts))} === {', '.join(map(str, t.remote_ts))}, {peer_gw.name} has "
+                f"{', '.join(map(str, peer_end.local_ts))} === {', '.join(map(str, peer_end.remote_ts))}: the local "
+                "site's address space must match the peer VNet's")
+    return f"peer unreachable: {seen}"
+
+
 def diagnose(lab: Lab, gw: GatewayNode, t: TunnelEnd) -> tuple[str, list[str]]:
-    """Why this tunnel end is not Connected: facts of the plan first, then the daemons' logs."""
+    """Why this tunnel end is not Connected: facts of the plan first, then the daemons' logs,
+    naming which side saw what. Evidence lines come with keys masked."""
+    if f"{gw.name}/{t.local_site}" in lab.changes.disconnected:
+        return "disconnected (Set-AzureVNetGateway -Disconnect); reconnect with vnetlab connect", []
     peer = _peer(lab, t)
     if t.shared_key is None:
         return f"key not set on {gw.name} for {t.local_site} (vnetlab set-key)", []
@@ -79,23 +114,27 @@ def diagnose(lab: Lab, gw: GatewayNode, t: TunnelEnd) -> tuple[str, list[str]]:
     if peer_end is None:
         return f"{peer_gw.name} has no connection back to {gw.name}: nothing answers this tunnel there", []
     if peer_end.shared_key is None:
-        return f"key not set on {peer_gw.name} for {peer_end.local_site}", []
-    found: list[tuple[str, str, str]] = []  # (time-sortable line, cause, evidence)
-    for side, directory, names in ((gw.name, lab.gw_dir(gw), (t.conn_id,)),
-                                   (peer_gw.name, lab.gw_dir(peer_gw), (peer_end.conn_id,))):
+        return f"key not set on {peer_gw.name} for {peer_end.local_site} (vnetlab set-key)", []
+    if f"{peer_gw.name}/{peer_end.local_site}" in lab.changes.disconnected:
+        return f"{peer_gw.name} has disconnected its side (vnetlab connect --vnet {peer_gw.name})", []
+    found: list[tuple[str, str, str, str]] = []  # (time, cause, side, what) in log order
+    evidence: dict[str, list[str]] = {}
+    for side, directory, conn, ips in ((gw.name, lab.gw_dir(gw), t.conn_id, (t.remote_ip,)),
+                                       (peer_gw.name, lab.gw_dir(peer_gw), peer_end.conn_id, (t.local_ip,))):
         for line in _log_tail(directory):
-            if not any(f"<{n}|" in line for n in names) and str(t.remote_ip) not in line \
-                    and str(t.local_ip) not in line:
+            if f"<{conn}|" not in line and not any(str(ip) in line for ip in ips):
                 continue
-            for marker, cause in MARKERS:
-                if marker in line:
-                    found.append((line[:19], cause.format(side=side), f"{side}: {line.strip()}"))
-    if found:
-        found.sort(key=lambda f: f[0])
-        latest = found[-1]
-        evidence = [f[2] for f in found if f[1] == latest[1]][-4:]
-        return latest[1], evidence
-    return "not established yet", []
+            for cause, marker, what in MARKERS:
+                if re.search(marker, line):
+                    found.append((line[:19], cause, side, what))
+                    evidence.setdefault(cause, []).append(f"{side}: {_mask(line.strip(), lab)}")
+                    break
+    if not found:
+        return "not established yet", []
+    found.sort(key=lambda f: f[0])
+    cause = found[-1][1]
+    hits = [(side, what) for _t, c, side, what in found if c == cause]
+    return _explain(cause, hits[-6:], lab, gw, t, peer_gw, peer_end), evidence[cause][-6:]
 
 
 def _established_at(seconds_ago: int | None) -> str | None:
@@ -136,5 +175,6 @@ def collect(lab: Lab, with_reasons: bool = True) -> list[ConnectionStatus]:
 
 
 def expected_up(lab: Lab) -> set[tuple[str, str]]:
-    """(gateway, local site) of every keyed tunnel end: what `up` promises to bring up."""
-    return {(gw.name, t.local_site) for gw in lab.topology.gateways for t in gw.tunnels if t.shared_key}
+    """(gateway, local site) of every keyed, connected tunnel end: what `up` promises to bring up."""
+    return {(gw.name, t.local_site) for gw in lab.topology.gateways for t in gw.tunnels
+            if t.shared_key and f"{gw.name}/{t.local_site}" not in lab.changes.disconnected}

@@ -57,6 +57,12 @@ class Namespace:
     def add_address(self, ifname: str, addr: IPv4Interface) -> None:
         self.ipr.addr("add", index=self.index(ifname), address=str(addr.ip), prefixlen=addr.network.prefixlen)
 
+    def del_route(self, dst: IPv4Network, via: IPv4Address | None = None, prohibit: bool = False) -> None:
+        if prohibit:
+            self.ipr.route("del", dst=str(dst), type="prohibit")
+        else:
+            self.ipr.route("del", dst=str(dst), gateway=str(via))
+
     def limit_rate(self, ifname: str, mbit: int) -> None:
         """Token bucket on the interface's egress: at most `mbit` Mbit/s leave through it."""
         self.ipr.tc("add", "tbf", index=self.index(ifname), handle="1:", rate=f"{mbit}mbit",

@@ -1,0 +1,161 @@
+"""`vnetlab demo`: narrated, scripted runs on their own lab. Each step says what it does and what
+it expects, then what it observed; exit 0 only when every observation matched. The lab is
+removed at the end, whatever happened."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from . import lab as labmod
+from . import workflow
+from .plan import default_plan_path
+from .problems import ExitCode
+from .status import ConnectionStatus, collect
+from .verify import verify
+
+WAIT = 8.0  # seconds to wait for a state to settle after a change
+
+
+@dataclass
+class Narrator:
+    failures: list[str] = field(default_factory=list)
+    step: int = 0
+
+    def say(self, what: str, cmdlet: str = "") -> None:
+        self.step += 1
+        print(f"\n[{self.step}] {what}" + (f"\n    (classic: {cmdlet})" if cmdlet else ""), flush=True)
+
+    def observe(self, expectation: str, ok: bool, seen: str) -> None:
+        print(f"    expect: {expectation}\n    seen:   {seen}\n    {'OK' if ok else 'MISMATCH'}", flush=True)
+        if not ok:
+            self.failures.append(f"step {self.step}: expected {expectation}; saw {seen}")
+
+
+def _states(lab: labmod.Lab) -> dict[tuple[str, str], ConnectionStatus]:
+    return {(s.gateway, s.local_site): s for s in collect(lab)}
+
+
+def _wait_for(name: str, predicate: Callable[[dict], bool]) -> dict[tuple[str, str], ConnectionStatus]:
+    deadline = time.monotonic() + WAIT
+    while True:
+        states = _states(labmod.open_lab(name))
+        if predicate(states) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.2)
+
+
+def _show(states: dict) -> str:
+    return "; ".join(f"{g} -> {s}: {st.connectivity_state}" + (f" ({st.reason})" if st.reason else "")
+                     for (g, s), st in states.items())
+
+
+def _verify(n: Narrator, name: str, expect_pass: bool) -> None:
+    checks = verify(labmod.open_lab(name))
+    reach = [c for c in checks if c.kind == "reach"]
+    esp = next(c for c in checks if c.kind == "esp")
+    passed = sum(c.ok for c in reach)
+    seen = f"{passed}/{len(reach)} reach probes answered; backbone: {esp.detail}"
+    if expect_pass:
+        n.observe("every probe answered, only ESP on the backbone", all(c.ok for c in checks), seen)
+    else:
+        n.observe("no probe answered, and nothing in clear on the backbone", passed == 0 and esp.ok, seen)
+
+
+def _psk_mismatch(n: Narrator, name: str, ike: int, plan_path: Path) -> None:
+    text = default_plan_path().read_text()
+    if ike == 1:
+        text = text.replace("shared_key: A1b2C3D4}", "shared_key: A1b2C3D4, ike_version: 1}")
+    plan_path.write_text(text)
+    n.say(f"Bring up the walkthrough's two VNets, both sides keyed alike, IKEv{ike}", "Set-AzureVNetGatewayKey x2")
+    labmod.up(str(plan_path), name, "auto", 20, False)
+    states = _wait_for(name, lambda s: all(x.connectivity_state == "Connected" for x in s.values()))
+    n.observe("both connections Connected", all(x.connectivity_state == "Connected" for x in states.values()),
+              _show(states))
+    n.say("Probe across the tunnel (vnetlab verify)")
+    _verify(n, name, True)
+
+    n.say("Re-key TestVNet1's side only, with a different key",
+          "Set-AzureVNetGatewayKey -VNetName TestVNet1 -LocalNetworkSiteName VNet4Local -SharedKey <other>")
+    workflow.set_key(name, "TestVNet1", "VNet4Local", "DemoOtherKey9")
+    end = ("TestVNet1", "VNet4Local")
+    states = _wait_for(name, lambda s: "pre-shared key mismatch" in s[end].reason)
+    n.observe("NotConnected, cause named: pre-shared key mismatch",
+              states[end].connectivity_state != "Connected" and "pre-shared key mismatch" in states[end].reason,
+              f"{states[end].connectivity_state}: {states[end].reason}")
+    n.say("Probe again: the gateways must drop, never leak")
+    _verify(n, name, False)
+
+    n.say("Restore the key on TestVNet1's side", "Set-AzureVNetGatewayKey ... -SharedKey ********")
+    workflow.set_key(name, "TestVNet1", "VNet4Local", "A1b2C3D4")
+    states = _wait_for(name, lambda s: all(x.connectivity_state == "Connected" for x in s.values()))
+    n.observe("both connections Connected again", all(x.connectivity_state == "Connected" for x in states.values()),
+              _show(states))
+    n.say("Probe once more")
+    _verify(n, name, True)
+
+
+def _walkthrough(n: Narrator, name: str) -> None:
+    plan = Path(str(resources.files("emulator.configs") / "plans" / "walkthrough-start.yaml"))
+    n.say("Planning and 'Create virtual networks', 'Configure sites and gateways': TestVNet1 (East US) and "
+          "TestVNet4 (West US), each with a GatewaySubnet and a Standard dynamic-routing gateway; each local "
+          "site still holds the dummy address 5.4.3.2", "New-AzureVNetGateway -GatewayType DynamicRouting")
+    labmod.up(str(plan), name, "auto", 20, False)
+    states = _states(labmod.open_lab(name))
+    n.observe("both connections NotConnected (no keys, dummy addresses)",
+              all(x.connectivity_state == "NotConnected" for x in states.values()), _show(states))
+
+    n.say("Update local sites, part 1: read each gateway's public IP", "Get-AzureVNetGateway -VNetName ...")
+    vips = {v: workflow.gateway(name, v)["VIPAddress"] for v in ("TestVNet1", "TestVNet4")}
+    n.observe("a VIP from the documentation range for each gateway",
+              all(ip.startswith("203.0.113.") for ip in vips.values()), str(vips))
+
+    n.say("Update local sites, part 2: VNet4Local -> TestVNet4's VIP, VNet1Local -> TestVNet1's VIP",
+          "Edit local site: VPN gateway IP address")
+    workflow.update_site(name, "VNet4Local", vips["TestVNet4"])
+    workflow.update_site(name, "VNet1Local", vips["TestVNet1"])
+    states = _states(labmod.open_lab(name))
+    n.observe("still NotConnected: no shared keys yet",
+              all(x.connectivity_state == "NotConnected" and "key not set" in x.reason for x in states.values()),
+              _show(states))
+
+    n.say("Create connections: set the key on TestVNet1's side",
+          "Set-AzureVNetGatewayKey -VNetName TestVNet1 -LocalNetworkSiteName VNet4Local -SharedKey ********")
+    workflow.set_key(name, "TestVNet1", "VNet4Local", "A1b2C3D4")
+    states = _states(labmod.open_lab(name))
+    end = states[("TestVNet1", "VNet4Local")]
+    n.observe("NotConnected until the other side has its key", end.connectivity_state != "Connected"
+              and "key not set on TestVNet4" in end.reason, f"{end.connectivity_state}: {end.reason}")
+    n.say("... and on TestVNet4's side",
+          "Set-AzureVNetGatewayKey -VNetName TestVNet4 -LocalNetworkSiteName VNet1Local -SharedKey ********")
+    workflow.set_key(name, "TestVNet4", "VNet1Local", "A1b2C3D4")
+    states = _wait_for(name, lambda s: all(x.connectivity_state == "Connected" for x in s.values()))
+    n.observe("both connections Connected", all(x.connectivity_state == "Connected" for x in states.values()),
+              _show(states))
+    n.say("Verify the connection", "Get-AzureVNetConnection; then traffic between the VNets")
+    _verify(n, name, True)
+
+
+def run(scenario: str, name: str, ike: int) -> int:
+    import tempfile
+
+    n = Narrator()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            if scenario == "psk-mismatch":
+                _psk_mismatch(n, name, ike, Path(tmp) / "plan.yaml")
+            else:
+                _walkthrough(n, name)
+        finally:
+            n.say(f"Remove the demo's lab '{name}'")
+            removed = labmod.down(name, False)
+            n.observe("lab removed", removed == [name], ", ".join(removed) or "nothing to remove")
+    print()
+    if n.failures:
+        print("demo FAILED:\n  " + "\n  ".join(n.failures))
+        return ExitCode.CHECK_FAILED
+    print(f"demo {scenario}: every observation matched ({n.step} steps)")
+    return ExitCode.OK

@@ -1,0 +1,195 @@
+"""The classic workflow on a running lab, modelled on the Service Management cmdlets
+(Set/Get-AzureVNetGatewayKey, Get-AzureVNetGateway, Get-AzureVNetConnection,
+Set-AzureVNetGateway -Connect/-Disconnect, and the walkthrough's "Update local sites" step).
+
+Every change is recorded in the lab's changes file, re-rendered into the affected gateways'
+configs and reloaded over vici into the running daemons: nothing else restarts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, ip_address
+
+from netns import ops
+
+from . import gateways
+from .lab import EVENTS, Lab, open_lab
+from .plan import KEY_RE
+from .problems import UsageError
+from .render import render_gateway, write_rendered
+from .status import ConnectionStatus, collect
+from .swanconf import read_gateway_config
+from .topology import GatewayNode, Topology, TunnelEnd
+
+REINITIATE_MS = 5000
+
+
+def _end(lab: Lab, vnet: str, site: str) -> tuple[GatewayNode, TunnelEnd]:
+    """The VNet-side tunnel end, or a clear refusal (exit 2) naming what would be valid."""
+    vnets = {v.name: v for v in lab.plan.vnets}
+    if vnet not in vnets:
+        raise UsageError(f"no VNet '{vnet}' in lab '{lab.name}'; VNets: {', '.join(vnets)}")
+    if vnets[vnet].gateway is None:
+        raise UsageError(f"{vnet} has no gateway: we can set shared key only for virtual networks that have "
+                         "gateway (add one to the plan)")
+    gw = lab.topology.gateway(vnet)
+    end = next((t for t in gw.tunnels if t.local_site == site), None)
+    if end is None:
+        sites = ", ".join(t.local_site for t in gw.tunnels) or "none"
+        raise UsageError(f"local network site '{site}' is not connected to {vnet}; its sites: {sites}")
+    return gw, end
+
+
+def _reload(lab: Lab, gw: GatewayNode) -> None:
+    directory = lab.gw_dir(gw)
+    write_rendered([render_gateway(gw, directory, lab.dataplane)])
+    config = read_gateway_config(directory)
+    disconnected = {ref.split("/", 1)[1] for ref in lab.changes.disconnected if ref.startswith(f"{gw.name}/")}
+    gateways.load(directory, replace(config, connections={
+        n: c for n, c in config.connections.items() if n not in disconnected}))
+
+
+def _restart(lab: Lab, gw: GatewayNode, end: TunnelEnd) -> None:
+    """Drop the connection's SAs and initiate again from this gateway, waiting a few seconds."""
+    directory = lab.gw_dir(gw)
+    gateways.terminate(directory, end.conn_id)
+    if end.shared_key is not None and f"{gw.name}/{end.local_site}" not in lab.changes.disconnected:
+        gateways.initiate(directory, end.conn_id, [c[0] for c in end.children], REINITIATE_MS)
+
+
+def _sync_routes(old: Topology, new: Topology, ns: str) -> None:
+    before = {r for r in old.routes if r.ns == ns}
+    after = {r for r in new.routes if r.ns == ns}
+    with ops.Namespace(ns) as n:
+        for r in before - after:
+            n.del_route(r.dst, r.via, r.prohibit)
+        for r in after - before:
+            n.add_route(r.dst, r.via, r.prohibit)
+
+
+def set_key(name: str | None, vnet: str, site: str, key: str) -> Lab:
+    lab = open_lab(name)
+    _end(lab, vnet, site)
+    if not KEY_RE.match(key):
+        raise UsageError("the key (masked) is not valid: a classic shared key is 1-128 letters and digits")
+    changes = replace(lab.changes, keys={**lab.changes.keys, f"{vnet}/{site}": key})
+    changes.write(lab.directory)
+    lab = open_lab(lab.name)
+    gw, end = _end(lab, vnet, site)
+    _reload(lab, gw)
+    _restart(lab, gw, end)
+    return lab
+
+
+def get_key(name: str | None, vnet: str, site: str) -> str | None:
+    lab = open_lab(name)
+    _gw, end = _end(lab, vnet, site)
+    return end.shared_key.reveal() if end.shared_key else None
+
+
+def update_site(name: str | None, site: str, gateway_ip: str) -> tuple[Lab, list[str]]:
+    """Point a local site at another gateway address; returns the lab and what changed."""
+    lab = open_lab(name)
+    sites = {s.name: s for s in lab.plan.local_sites}
+    if site not in sites:
+        raise UsageError(f"no local network site '{site}' in lab '{lab.name}'; sites: {', '.join(sites)}")
+    if gateway_ip != "auto":
+        try:
+            if not isinstance(ip_address(gateway_ip), IPv4Address):
+                raise ValueError
+        except ValueError:
+            raise UsageError(f"--gateway-ip '{gateway_ip}' is not an IPv4 address (or 'auto')") from None
+    notes = []
+    if lab.plan.vnet_of_site(sites[site]) is None:
+        notes.append(f"{site} is an on-premises site: the lab emulates its VPN device at its own address, "
+                     "so its connections do not change")
+    changes = replace(lab.changes, gateway_ips={**lab.changes.gateway_ips, site: gateway_ip})
+    changes.write(lab.directory)
+    new = open_lab(lab.name)
+    for gw in new.topology.gateways:
+        for end in gw.tunnels:
+            if end.local_site == site and gw.kind == "vnet":
+                old_end = next(t for t in lab.topology.gateway(gw.name).tunnels if t.local_site == site)
+                if old_end.remote_ip == end.remote_ip:
+                    continue
+                _sync_routes(lab.topology, new.topology, gw.netns)
+                _reload(new, gw)
+                _restart(new, gw, end)
+                notes.append(f"{gw.name} -> {site}: gateway address {old_end.remote_ip} -> {end.remote_ip}")
+    return new, notes
+
+
+def set_connected(name: str | None, vnet: str, site: str, connect: bool) -> Lab:
+    """Set-AzureVNetGateway -Connect / -Disconnect for one VNet's connection to one site."""
+    lab = open_lab(name)
+    gw, end = _end(lab, vnet, site)
+    ref = f"{vnet}/{site}"
+    disconnected = lab.changes.disconnected | {ref} if not connect else lab.changes.disconnected - {ref}
+    replace(lab.changes, disconnected=disconnected).write(lab.directory)
+    lab = open_lab(lab.name)
+    if connect:
+        _reload(lab, gw)
+        _restart(lab, gw, end)
+    else:
+        gateways.terminate(lab.gw_dir(gw), end.conn_id)
+        gateways.unload(lab.gw_dir(gw), end.conn_id)
+    return lab
+
+
+def events(lab: Lab) -> list[dict]:
+    try:
+        lines = (lab.directory / EVENTS).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+@dataclass(frozen=True)
+class ConnectionReport:
+    """Get-AzureVNetConnection, one entry per local network site."""
+
+    status: ConnectionStatus
+    last_event: dict | None
+
+    def as_dict(self) -> dict:
+        s, e = self.status, self.last_event or {}
+        return {"LocalNetworkSiteName": s.local_site, "ConnectivityState": s.connectivity_state,
+                "EgressBytesTransferred": s.egress_bytes, "IngressBytesTransferred": s.ingress_bytes,
+                "LastConnectionEstablished": s.last_connection_established, "LastEventID": e.get("id"),
+                "LastEventMessage": e.get("message"), "LastEventTimeStamp": e.get("time"),
+                "Reason": s.reason or None, "Evidence": s.evidence}
+
+
+def connection(name: str | None, vnet: str) -> tuple[Lab, list[ConnectionReport]]:
+    lab = open_lab(name)
+    if vnet not in {v.name for v in lab.plan.vnets}:
+        raise UsageError(f"no VNet '{vnet}' in lab '{lab.name}'; VNets: {', '.join(v.name for v in lab.plan.vnets)}")
+    log = events(lab)
+    reports = []
+    for s in collect(lab):
+        if s.gateway != vnet:
+            continue
+        mine = [e for e in log if e["gateway"] == vnet and e["local_site"] == s.local_site]
+        reports.append(ConnectionReport(s, mine[-1] if mine else None))
+    return lab, reports
+
+
+def gateway(name: str | None, vnet: str) -> dict:
+    """Get-AzureVNetGateway: 404 (exit 2) when the VNet has no gateway."""
+    lab = open_lab(name)
+    v = next((v for v in lab.plan.vnets if v.name == vnet), None)
+    if v is None:
+        raise UsageError(f"no VNet '{vnet}' in lab '{lab.name}'; VNets: {', '.join(x.name for x in lab.plan.vnets)}")
+    if v.gateway is None:
+        raise UsageError(f"ResourceNotFound (404): no gateway exists for virtual network '{vnet}'")
+    gw = lab.topology.gateway(vnet)
+    mine = [e for e in events(lab) if e["gateway"] == vnet]
+    last = mine[-1] if mine else {}
+    return {"VNetName": vnet, "State": "Provisioned", "VIPAddress": str(gw.public_ip),
+            "GatewayType": v.gateway.type.value, "GatewaySKU": v.gateway.sku.value,
+            "DefaultSite": None, "DataPlane": lab.dataplane,
+            "BandwidthMbps": v.gateway.sku.mbps if lab.sku_limit else None,
+            "LastEventID": last.get("id"), "LastEventMessage": last.get("message"),
+            "LastEventTimeStamp": last.get("time")}
