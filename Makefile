@@ -8,13 +8,14 @@ BIN := $(VENV)/bin
 PLAN ?=
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: lab down test unit bench install venv clean help
+.PHONY: lab down test unit bench install venv clean help vagrant-lab vagrant-down graph
 
 help:
 	@echo "make lab     install, bring up the default plan (PLAN=file.yaml for another), verify, show status"
 	@echo "make down    remove every lab"
 	@echo "make test    run the tests (lab tests need root)"
-	@echo "make bench   measure up/down times (root)"
+	@echo "make bench   measure up/verify/down times, memory and throughput (root)"
+	@echo "make vagrant-lab / vagrant-down   the same lab inside a Debian 12 VM (VirtualBox or libvirt)"
 
 install:
 	$(SUDO) sh scripts/install.sh
@@ -53,3 +54,13 @@ bench: install venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+vagrant-lab:
+	vagrant up
+	vagrant ssh -c 'cd /vagrant && make lab'
+	@echo
+	@echo "In the VM:  vagrant ssh, then: cd /vagrant && sudo .venv/bin/vnetlab status"
+	@echo "Tear down:  make vagrant-down"
+
+vagrant-down:
+	vagrant destroy -f

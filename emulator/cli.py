@@ -73,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     _plan_arg(p)
     p.add_argument("-o", "--output", metavar="FILE.xml", help="write here (default: stdout)")
 
+    p = cmd("graph", "draw a plan, or a running lab with its tunnels' states",
+            "Draw VNets (address spaces, locations), on-premises sites, gateways (SKU, emulated public address) "
+            "and tunnels (local sites, IKE version). With --name, the running lab: tunnels coloured by state "
+            "(green Connected, orange Connecting, red NotConnected) and labelled with bytes.")
+    _plan_arg(p)
+    p.add_argument("--name", metavar="LAB", help="draw this running lab instead of a plan file")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.svg|FILE.png")
+
     p = cmd("up", "build a lab from a plan and bring its tunnels up (root)",
             "Create the namespaces, links and strongSwan gateways of a plan, load connections and keys over "
             "vici, and wait until every keyed connection is Connected. Exit 0 when all are, 1 otherwise.")
@@ -277,6 +285,26 @@ def _export(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _graph(args: argparse.Namespace) -> int:
+    from .graph import build, render
+    from .plan import load_plan
+
+    if args.name and args.plan:
+        raise UsageError("give a PLAN or --name LAB, not both")
+    if args.name:
+        from .lab import open_lab
+        from .status import collect
+
+        lab = open_lab(args.name)
+        graph = build(lab.plan, collect(lab))
+    else:
+        plan, warnings = load_plan(args.plan)
+        print_problems(warnings)
+        graph = build(plan)
+    print(render(graph, Path(args.output)))
+    return ExitCode.OK
+
+
 def _lab_command(name: str):
     def run(args: argparse.Namespace) -> int:
         from . import commands
@@ -291,6 +319,7 @@ HANDLERS = {
     "render": _render,
     "import-netcfg": _import,
     "export-netcfg": _export,
+    "graph": _graph,
     "up": _lab_command("up"),
     "status": _lab_command("status"),
     "exec": _lab_command("exec_"),

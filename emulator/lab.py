@@ -237,6 +237,21 @@ def limit_gateways(topo: Topology) -> None:
                 n.limit_rate("bb", gw.sku.mbps)
 
 
+def supported_dataplanes() -> list[str]:
+    """The data planes this machine can run, probed in a throwaway namespace (for tests and docs)."""
+    found = []
+    if Path("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so").exists():
+        found.append("libipsec")
+    probe_ns = f"vnetlab-probe-{os.getpid()}"
+    ops.create(probe_ns)
+    try:
+        if probe_dataplane(probe_ns) == "kernel":
+            found.append("kernel")
+    finally:
+        ops.remove(probe_ns)
+    return found
+
+
 def probe_dataplane(netns: str) -> str:
     """'kernel' if this kernel can hold an ESP state (tried in a lab namespace), else 'libipsec'."""
     probe = subprocess.run(

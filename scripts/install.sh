@@ -4,7 +4,7 @@
 set -eu
 
 PACKAGES="strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
-libstrongswan-standard-plugins iproute2 iputils-ping iperf3 tcpdump python3 python3-venv python3-pip"
+libstrongswan-standard-plugins iproute2 iputils-ping iperf3 tcpdump graphviz make python3 python3-venv python3-pip"
 
 if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then

@@ -26,6 +26,24 @@ def pytest_collection_modifyitems(items):
                 item.add_marker(pytest.mark.skip(reason=f"strongSwan missing ({CHARON}): run scripts/install.sh"))
 
 
+@pytest.fixture(scope="session")
+def supported():
+    from emulator.lab import supported_dataplanes
+
+    return supported_dataplanes()
+
+
+@pytest.fixture(params=["libipsec", "kernel"])
+def dataplane(request, supported):
+    """Run a test on every IPsec data plane this machine has; skip the others, saying why."""
+    if request.param not in supported:
+        why = {"kernel": "this kernel has no ESP (XFRM states cannot carry traffic): the kernel data plane "
+                         "runs in the Vagrant VM or on an ordinary distribution kernel",
+               "libipsec": "strongSwan's kernel-libipsec plugin is not installed (libcharon-extra-plugins)"}
+        pytest.skip(why[request.param])
+    return request.param
+
+
 class LabRunner:
     def __init__(self, state: Path):
         self.state = state

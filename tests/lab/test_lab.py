@@ -23,8 +23,8 @@ def variant(tmp_path: Path, **replacements: str) -> Path:
     return path
 
 
-def test_default_plan_up_ping_status_down(lab):
-    res = lab.cli("up", "--name", "t-default")
+def test_default_plan_up_ping_status_down(lab, dataplane):
+    res = lab.cli("up", "--name", "t-default", "--dataplane", dataplane)
     assert res.returncode == 0, res.stderr + res.stdout
     assert "A1b2C3D4" not in res.stdout + res.stderr
     st = lab.status("t-default")
@@ -34,6 +34,7 @@ def test_default_plan_up_ping_status_down(lab):
                      ("TestVNet4/default", "10.11.0.4"), ("TestVNet4/space2", "10.12.0.4")]:
         assert lab.ping("t-default", src, dst), f"{src} -> {dst}"
     after = lab.status("t-default")[("TestVNet1", "VNet4Local")]
+    assert after["dataplane"] == dataplane
     assert after["egress_bytes"] > 0 and after["ingress_bytes"] > 0
     assert after["ike_version"] == 2 and after["last_connection_established"]
     # charon itself accepts the rendered files (swanctl parses them and loads them over vici)
@@ -52,9 +53,9 @@ def test_default_plan_up_ping_status_down(lab):
     assert again.returncode == 0 and "nothing to remove" in again.stdout
 
 
-def test_ikev1(lab, tmp_path):
+def test_ikev1(lab, tmp_path, dataplane):
     plan = variant(tmp_path, **{"shared_key: A1b2C3D4}": "shared_key: A1b2C3D4, ike_version: 1}"})
-    res = lab.cli("up", str(plan), "--name", "t-ikev1")
+    res = lab.cli("up", str(plan), "--name", "t-ikev1", "--dataplane", dataplane)
     assert res.returncode == 0, res.stderr + res.stdout
     st = lab.status("t-ikev1")
     assert all(c["connectivity_state"] == "Connected" and c["ike_version"] == 1 for c in st.values())
@@ -132,3 +133,12 @@ def test_status_json_keys(lab):
     keys = {"vnet", "local_site", "connectivity_state", "ingress_bytes", "egress_bytes",
             "last_connection_established", "ike_version"}
     assert all(keys <= set(c) for c in data["connections"])
+
+
+def test_graph_of_running_lab(lab, tmp_path):
+    assert lab.cli("up", "--name", "t-graph").returncode == 0
+    for suffix in ("svg", "png"):
+        res = lab.cli("graph", "--name", "t-graph", "-o", str(tmp_path / f"lab.{suffix}"))
+        assert res.returncode == 0, res.stderr
+    svg = (tmp_path / "lab.svg").read_text()
+    assert "Connected" in svg and "forestgreen" in svg and "VNet4Local" in svg and "VNet1Local" in svg
