@@ -10,7 +10,7 @@ from pathlib import Path
 from . import __doc__ as PKG_DOC
 from .model import GatewayType, Sku
 from .problems import ExitCode, PlanError, UsageError, VnetlabError
-from .report import print_json, print_plan_summary, print_problems, plan_summary
+from .report import plan_summary, print_json, print_plan_summary, print_problems, write_output
 
 EPILOG = """exit codes: 0 success, 1 a check failed (tunnel not up, probe failed), 2 bad input
 (plan, file, arguments), 3 the environment lacks something (not root, strongSwan missing, no lab).
@@ -234,7 +234,10 @@ def _render(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a directory")
     rendered = render_topology(build_topology(plan), out, args.dataplane)
-    write_rendered(rendered)
+    try:
+        write_rendered(rendered)
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write the configs: {exc.strerror or exc}") from None
     for r in rendered:
         print(f"{r.directory}/  ({r.gateway.kind} gateway {r.gateway.name}, {len(r.gateway.tunnels)} tunnel(s))")
     return ExitCode.OK
@@ -256,7 +259,7 @@ def _import(args: argparse.Namespace) -> int:
               f"# gateways are {args.gateway_type}/{args.sku}; set keys with vnetlab set-key or below.\n")
     body = header + yaml.safe_dump({"lab": _lab_name(path.stem), **data}, sort_keys=False, width=100)
     if args.output:
-        Path(args.output).write_text(body, encoding="utf-8")
+        write_output(Path(args.output), body)
         print(f"wrote {args.output}: {len(plan.vnets)} VNet(s), {len(plan.local_sites)} local site(s), "
               f"{len(plan.connections)} connection(s)", file=sys.stderr)
     else:
@@ -279,7 +282,7 @@ def _export(args: argparse.Namespace) -> int:
     print_problems(warnings)
     xml = export_netcfg(plan)
     if args.output:
-        Path(args.output).write_text(xml, encoding="utf-8")
+        write_output(Path(args.output), xml)
     else:
         sys.stdout.write(xml)
     return ExitCode.OK

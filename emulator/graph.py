@@ -13,6 +13,7 @@ import graphviz
 
 from .model import Plan
 from .problems import EnvironmentProblem, UsageError
+from .report import write_output
 from .status import ConnectionStatus
 from .topology import build_topology
 
@@ -81,5 +82,4 @@ def render(graph: graphviz.Graph, output: Path) -> Path:
     except graphviz.ExecutableNotFound:
         raise EnvironmentProblem("Graphviz's 'dot' is missing: run scripts/install.sh (Debian package graphviz)") \
             from None
-    output.write_bytes(data)
-    return output
+    return write_output(output, data)

@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .model import Plan
-from .problems import Problem
+from .problems import Problem, UsageError
 from .topology import build_topology
+
+
+def write_output(path: Path, data: str | bytes) -> Path:
+    """Write a file the user asked for with -o/--junit: parent directories are created, and a
+    path that cannot be written is a clear error (exit 2), not a traceback."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            path.write_text(data, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    return path
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -73,9 +88,9 @@ def print_plan_summary(summary: dict[str, Any]) -> None:
         print("no connections")
 
 
-def write_junit(path, suite: str, checks) -> None:
+def write_junit(path: Path, suite: str, checks) -> None:
     """Checks as JUnit XML, one testcase per check, so CI systems show each."""
-    from xml.etree.ElementTree import Element, SubElement, ElementTree
+    from xml.etree.ElementTree import Element, SubElement, tostring
 
     failures = [c for c in checks if not c.ok]
     root = Element("testsuite", {"name": f"vnetlab verify {suite}", "tests": str(len(checks)),
@@ -87,4 +102,4 @@ def write_junit(path, suite: str, checks) -> None:
             SubElement(case, "failure", {"message": c.detail}).text = c.detail
         else:
             SubElement(case, "system-out").text = c.detail
-    ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    write_output(path, b'<?xml version="1.0" encoding="utf-8"?>\n' + tostring(root, encoding="utf-8"))

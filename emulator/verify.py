@@ -25,7 +25,7 @@ from pathlib import Path
 from netns.registry import Registry
 
 from .lab import Lab
-from .problems import EnvironmentProblem
+from .problems import EnvironmentProblem, UsageError
 from .status import ConnectionStatus, collect
 from .topology import Host
 
@@ -190,7 +190,10 @@ def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: fl
         private = sorted({str(n) for v in lab.plan.vnets for n in v.address_space}
                          | {str(n) for s in lab.plan.local_sites for n in s.address_space})
         if pcap_dir is not None:
-            pcap_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                pcap_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"--pcap {pcap_dir}: cannot create: {exc.strerror or exc}") from None
         out, err = capture.communicate(json.dumps({"nonces": list(nonces.values()), "private": private,
                                                    "pcap_dir": str(pcap_dir.resolve()) if pcap_dir else None}) + "\n",
                                        timeout=60)

@@ -108,3 +108,29 @@ def test_help_teaches(run_cli):
     assert "exit codes" in out and "vnetlab up" in out
     code, out, _ = run_cli("up", "--help")
     assert code == 0 and "--dataplane" in out and "--timeout" in out
+
+
+@pytest.mark.parametrize("argv,code,message", [
+    (["render", "-o", "/proc/nope/x"], 2, "cannot write the configs"),
+    (["import-netcfg", "/nonexistent.xml"], 2, "cannot read"),
+    (["import-netcfg", "/etc/hostname"], 2, "malformed XML"),
+    (["export-netcfg", "/nonexistent.yaml"], 2, "no such plan file"),
+    (["export-netcfg", "-o", "/proc/nope/x.xml"], 2, "cannot write"),
+    (["validate", "/etc"], 2, "cannot read the plan"),
+    (["graph", "-o", "/tmp/x.pdf"], 2, "give a .svg or .png file"),
+    (["up", "--name", "BAD_NAME"], 2, "not a valid lab name"),
+    (["demo", "nope"], 2, "invalid choice"),
+    (["verify", "--duration", "0"], 2, "--duration must be between"),
+])
+def test_bad_invocations_are_clear(argv, code, message, run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("VNETLAB_STATE_DIR", str(tmp_path / "state"))
+    got, out, err = run_cli(*argv)
+    assert got == code and message in out + err and "Traceback" not in err
+
+
+def test_lab_commands_without_a_lab_say_so(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("VNETLAB_STATE_DIR", str(tmp_path / "state"))
+    for argv in (["status"], ["connection", "--vnet", "TestVNet1"], ["set-key", "--vnet", "A", "--site", "B",
+                                                                      "--key", "C"], ["exec", "X", "--", "true"]):
+        code, _, err = run_cli(*argv)
+        assert code == 3 and "no lab is running" in err
