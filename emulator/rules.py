@@ -77,9 +77,19 @@ def _suggest_gateway_subnet(v: VNet) -> str:
     return "<a free /27 inside the address space>"
 
 
+RESERVED_NAMES = {"backbone"}  # the backbone router's node name in the lab
+
+
 def _check_sites(plan: Plan, out: Collector) -> None:
+    vnet_names = {v.name for v in plan.vnets}
+    for name in sorted(vnet_names & RESERVED_NAMES):
+        out.error(f"vnets.{name}", "name", f"'{name}' is reserved for the lab's backbone router; choose another name")
     for site in plan.local_sites:
         obj = f"local_sites.{site.name}"
+        if plan.vnet_of_site(site) is None and (site.name in vnet_names or site.name in RESERVED_NAMES):
+            what = "a VNet" if site.name in vnet_names else "the lab's backbone router"
+            out.error(obj, "name", f"an on-premises site gets its own emulated VPN device and cannot share its name "
+                      f"with {what}; rename it")
         for a, b in combinations(site.address_space, 2):
             if a.overlaps(b):
                 out.error(obj, "address_space", f"{a} overlaps {b}; the prefixes of one site must be disjoint")

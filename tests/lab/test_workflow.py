@@ -124,3 +124,20 @@ def test_demos(lab, argv):
     assert "every observation matched" in res.stdout
     assert "A1b2C3D4" not in res.stdout and "DemoOtherKey9" not in res.stdout
     assert not (lab.state / "t-demo").exists()
+
+
+def test_dead_gateway_daemon_is_named_and_down_still_cleans(lab):
+    import os
+    import signal
+
+    assert lab.cli("up", "--name", "t-dead").returncode == 0
+    (pid,) = [e["pid"] for e in lab.journal("t-dead") if e["kind"] == "process" and e["what"] == "charon TestVNet4"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while True:  # the kernel needs a moment to tear down the dead daemon's socket
+        st = lab.status("t-dead")[("TestVNet4", "VNet1Local")]
+        if "not running" in st["reason"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert st["connectivity_state"] == "NotConnected"
+    assert "gateway daemon of TestVNet4 is not running" in st["reason"]
