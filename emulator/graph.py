@@ -59,8 +59,8 @@ def build(plan: Plan, statuses: list[ConnectionStatus] | None = None) -> graphvi
             if key in drawn:
                 continue
             drawn.add(key)
-            ends = [(gw.name, t)] + [(o.name, e) for o in topo.gateways if o.public_ip == t.remote_ip
-                                     for e in o.tunnels if e.remote_ip == t.local_ip and o.kind == "vnet"]
+            peer_gw, peer_end = topo.peer_gateway(t), topo.peer_end(t)
+            ends = [(gw.name, t)] + ([(peer_gw.name, peer_end)] if peer_end and peer_gw.kind == "vnet" else [])
             lines, states = [], []
             for name, end in ends:
                 st = state.get((name, end.local_site))

@@ -55,13 +55,17 @@ class Changes:
             return Changes()
         return Changes(data["keys"], data["gateway_ips"], frozenset(data["disconnected"]))
 
+    @staticmethod
+    def ref(vnet: str, site: str) -> str:
+        return f"{vnet}/{site}"
+
     def write(self, directory: Path) -> None:
         _write_private(directory / CHANGES, json.dumps({"keys": self.keys, "gateway_ips": self.gateway_ips,
                                                          "disconnected": sorted(self.disconnected)}))
 
     def apply(self, plan: Plan) -> Plan:
         for ref, key in self.keys.items():
-            vnet, site = ref.split("/", 1)
+            vnet, site = ref.split("/", 1)  # the inverse of Changes.ref
             plan = plan.with_key(vnet, site, SharedKey(key) if key else None)
         for site, ip in self.gateway_ips.items():
             plan = plan.with_gateway_ip(site, None if ip == "auto" else IPv4Address(ip))
@@ -98,6 +102,9 @@ class Lab:
     @property
     def name(self) -> str:
         return self.plan.name
+
+    def disconnected(self, gateway: str, site: str) -> bool:
+        return Changes.ref(gateway, site) in self.changes.disconnected
 
     def gw_dir(self, gw: GatewayNode) -> Path:
         return gateway_dir(self.directory, gw, self.topology.gateways.index(gw))

@@ -62,16 +62,6 @@ def _log_tail(directory: Path) -> list[str]:
         return []
 
 
-def _peer(lab: Lab, t: TunnelEnd) -> tuple[GatewayNode, TunnelEnd] | None:
-    for gw in lab.topology.gateways:
-        if gw.public_ip == t.remote_ip:
-            for other in gw.tunnels:
-                if other.remote_ip == t.local_ip:
-                    return gw, other
-            return gw, None  # type: ignore[return-value]
-    return None
-
-
 def _mask(line: str, lab: Lab) -> str:
     for gw in lab.topology.gateways:
         for t in gw.tunnels:
@@ -102,20 +92,19 @@ def _explain(cause: str, hits: list[tuple[str, str]], lab: Lab, gw: GatewayNode,
 def diagnose(lab: Lab, gw: GatewayNode, t: TunnelEnd) -> tuple[str, list[str]]:
     """Why this tunnel end is not Connected: facts of the plan first, then the daemons' logs,
     naming which side saw what. Evidence lines come with keys masked."""
-    if f"{gw.name}/{t.local_site}" in lab.changes.disconnected:
+    if lab.disconnected(gw.name, t.local_site):
         return "disconnected (Set-AzureVNetGateway -Disconnect); reconnect with vnetlab connect", []
-    peer = _peer(lab, t)
+    peer_gw, peer_end = lab.topology.peer_gateway(t), lab.topology.peer_end(t)
     if t.shared_key is None:
         return f"key not set on {gw.name} for {t.local_site} (vnetlab set-key)", []
-    if not t.peer_in_lab or peer is None:
+    if not t.peer_in_lab or peer_gw is None:
         return (f"peer unreachable: no gateway answers at {t.remote_ip} (no answer to IKE_SA_INIT); "
                 f"update local site {t.local_site}'s gateway_ip (vnetlab update-site)", [])
-    peer_gw, peer_end = peer
     if peer_end is None:
         return f"{peer_gw.name} has no connection back to {gw.name}: nothing answers this tunnel there", []
     if peer_end.shared_key is None:
         return f"key not set on {peer_gw.name} for {peer_end.local_site} (vnetlab set-key)", []
-    if f"{peer_gw.name}/{peer_end.local_site}" in lab.changes.disconnected:
+    if lab.disconnected(peer_gw.name, peer_end.local_site):
         return f"{peer_gw.name} has disconnected its side (vnetlab connect --vnet {peer_gw.name})", []
     found: list[tuple[str, str, str, str]] = []  # (time, cause, side, what) in log order
     evidence: dict[str, list[str]] = {}
@@ -177,4 +166,4 @@ def collect(lab: Lab, with_reasons: bool = True) -> list[ConnectionStatus]:
 def expected_up(lab: Lab) -> set[tuple[str, str]]:
     """(gateway, local site) of every keyed, connected tunnel end: what `up` promises to bring up."""
     return {(gw.name, t.local_site) for gw in lab.topology.gateways for t in gw.tunnels
-            if t.shared_key and f"{gw.name}/{t.local_site}" not in lab.changes.disconnected}
+            if t.shared_key and not lab.disconnected(gw.name, t.local_site)}

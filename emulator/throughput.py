@@ -41,7 +41,10 @@ def iperf(workers, server_ns: str, server_ip: str, client_ns: str, duration: flo
         out, _ = client.communicate(timeout=duration + 15)
     except subprocess.TimeoutExpired:
         raise MeasurementError(f"iperf3 {client_ns} -> {server_ip} did not finish") from None
-    result = json.loads(out or "{}")
+    try:
+        result = json.loads(out or "{}")
+    except json.JSONDecodeError:
+        raise MeasurementError(f"iperf3 {client_ns} -> {server_ip}: unreadable result {out[-300:]!r}") from None
     if "error" in result or "end" not in result:
         raise MeasurementError(f"iperf3 {client_ns} -> {server_ip}: {result.get('error', 'no result')}")
     return result["end"]["sum_received"]["bits_per_second"] / 1e6

@@ -109,6 +109,15 @@ class Topology:
     def gateway(self, name: str) -> GatewayNode:
         return next(g for g in self.gateways if g.name == name)
 
+    def peer_gateway(self, t: TunnelEnd) -> GatewayNode | None:
+        """The lab gateway at this end's remote address, if any."""
+        return next((g for g in self.gateways if g.public_ip == t.remote_ip), None)
+
+    def peer_end(self, t: TunnelEnd) -> TunnelEnd | None:
+        """The tunnel end facing this one: on the peer gateway, pointing back at this address."""
+        peer = self.peer_gateway(t)
+        return next((e for e in peer.tunnels if e.remote_ip == t.local_ip), None) if peer else None
+
 
 def _pair(base: IPv4Network, index: int) -> tuple[IPv4Interface, IPv4Interface]:
     """The index-th /31 of base: (backbone side, gateway side)."""

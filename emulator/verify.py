@@ -26,7 +26,7 @@ from netns.registry import Registry
 
 from .lab import Lab
 from .problems import EnvironmentProblem, UsageError
-from .status import ConnectionStatus, collect
+from .status import ConnectionStatus, collect, expected_up
 from .topology import Host
 
 PROTOS = ("icmp", "tcp", "udp")
@@ -60,13 +60,14 @@ class Probe:
 class Pair:
     a: str  # network names: a VNet, or an on-premises site
     b: str
-    intended: bool  # both ends keyed and the peer in the lab: the plan wants this to work
+    intended: bool  # both ends keyed and connected, the peer in the lab: this should work
     cause: str  # the connection's state and reason, when not Connected
 
 
 def network_pairs(lab: Lab, statuses: list[ConnectionStatus]) -> list[Pair]:
     """Every unordered pair of networks, and whether the plan connects it. Pure."""
     state = {(s.gateway, s.local_site): s for s in statuses}
+    wanted = expected_up(lab)
     networks = list(dict.fromkeys(h.owner for h in lab.topology.hosts))
     links: dict[frozenset, Pair] = {}
     for gw in lab.topology.gateways:
@@ -76,11 +77,10 @@ def network_pairs(lab: Lab, statuses: list[ConnectionStatus]) -> list[Pair]:
             site = lab.plan.site(t.local_site)
             peer_vnet = lab.plan.vnet_of_site(site)
             other = peer_vnet.name if peer_vnet else site.name
-            peer_ends = [(g, e) for g in lab.topology.gateways if g.public_ip == t.remote_ip
-                         for e in g.tunnels if e.remote_ip == t.local_ip]
-            intended = bool(t.shared_key and t.peer_in_lab and peer_ends and peer_ends[0][1].shared_key)
-            mine = state[(gw.name, t.local_site)]
-            ends = [mine] + [state[(g.name, e.local_site)] for g, e in peer_ends]
+            peer_gw, peer_end = lab.topology.peer_gateway(t), lab.topology.peer_end(t)
+            sides = [(gw.name, t.local_site)] + ([(peer_gw.name, peer_end.local_site)] if peer_end else [])
+            intended = bool(t.peer_in_lab and peer_end and all(side in wanted for side in sides))
+            ends = [state[side] for side in sides]
             down = [s for s in ends if s.connectivity_state != "Connected"]
             cause = (f"connection {down[0].gateway} -> {down[0].local_site} is {down[0].connectivity_state}: "
                      f"{down[0].reason}") if down else ""

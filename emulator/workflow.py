@@ -15,7 +15,7 @@ from ipaddress import IPv4Address, ip_address
 from netns import ops
 
 from . import gateways
-from .lab import EVENTS, Lab, open_lab
+from .lab import EVENTS, Changes, Lab, open_lab
 from .plan import KEY_RE
 from .problems import UsageError
 from .render import render_gateway, write_rendered
@@ -46,16 +46,15 @@ def _reload(lab: Lab, gw: GatewayNode) -> None:
     directory = lab.gw_dir(gw)
     write_rendered([render_gateway(gw, directory, lab.dataplane)])
     config = read_gateway_config(directory)
-    disconnected = {ref.split("/", 1)[1] for ref in lab.changes.disconnected if ref.startswith(f"{gw.name}/")}
     gateways.load(directory, replace(config, connections={
-        n: c for n, c in config.connections.items() if n not in disconnected}))
+        n: c for n, c in config.connections.items() if not lab.disconnected(gw.name, n)}))
 
 
 def _restart(lab: Lab, gw: GatewayNode, end: TunnelEnd) -> None:
     """Drop the connection's SAs and initiate again from this gateway, waiting a few seconds."""
     directory = lab.gw_dir(gw)
     gateways.terminate(directory, end.conn_id)
-    if end.shared_key is not None and f"{gw.name}/{end.local_site}" not in lab.changes.disconnected:
+    if end.shared_key is not None and not lab.disconnected(gw.name, end.local_site):
         gateways.initiate(directory, end.conn_id, [c[0] for c in end.children], REINITIATE_MS)
 
 
@@ -74,7 +73,7 @@ def set_key(name: str | None, vnet: str, site: str, key: str) -> Lab:
     _end(lab, vnet, site)
     if not KEY_RE.match(key):
         raise UsageError("the key (masked) is not valid: a classic shared key is 1-128 letters and digits")
-    changes = replace(lab.changes, keys={**lab.changes.keys, f"{vnet}/{site}": key})
+    changes = replace(lab.changes, keys={**lab.changes.keys, Changes.ref(vnet, site): key})
     changes.write(lab.directory)
     lab = open_lab(lab.name)
     gw, end = _end(lab, vnet, site)
@@ -125,7 +124,7 @@ def set_connected(name: str | None, vnet: str, site: str, connect: bool) -> Lab:
     """Set-AzureVNetGateway -Connect / -Disconnect for one VNet's connection to one site."""
     lab = open_lab(name)
     gw, end = _end(lab, vnet, site)
-    ref = f"{vnet}/{site}"
+    ref = Changes.ref(vnet, site)
     disconnected = lab.changes.disconnected | {ref} if not connect else lab.changes.disconnected - {ref}
     replace(lab.changes, disconnected=disconnected).write(lab.directory)
     lab = open_lab(lab.name)

@@ -14,33 +14,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def chain(n: int) -> str:
-    lines = ["lab: bench-chain", "vnets:"]
+def generated_plan(lab: str, n: int, links: list[tuple[int, int]]) -> str:
+    """n VNets (10.<100+i>.0.0/16), a local site for each, and both connections of every link."""
+    lines = [f"lab: {lab}", "vnets:"]
     for i in range(n):
-        lines += [f"  C{i}:", "    location: West US", f"    address_space: [10.{100 + i}.0.0/16]",
+        lines += [f"  V{i}:", "    location: East US", f"    address_space: [10.{100 + i}.0.0/16]",
                   f"    subnets: {{default: 10.{100 + i}.0.0/24}}", f"    gateway_subnet: 10.{100 + i}.255.0/27",
                   "    gateway: {type: DynamicRouting, sku: Standard}"]
     lines.append("local_sites:")
-    lines += [f"  L{i}: {{address_space: [10.{100 + i}.0.0/16]}}" for i in range(n)]
+    lines += [f"  S{i}: {{address_space: [10.{100 + i}.0.0/16]}}" for i in range(n)]
     lines.append("connections:")
-    for i in range(n - 1):
-        lines += [f"  - {{vnet: C{i}, local_site: L{i + 1}, shared_key: Chain{i}}}",
-                  f"  - {{vnet: C{i + 1}, local_site: L{i}, shared_key: Chain{i}}}"]
+    for i, j in links:
+        lines += [f"  - {{vnet: V{i}, local_site: S{j}, shared_key: Bench{i}x{j}}}",
+                  f"  - {{vnet: V{j}, local_site: S{i}, shared_key: Bench{i}x{j}}}"]
     return "\n".join(lines) + "\n"
 
 
 def mesh(n: int) -> str:
-    lines = ["lab: bench-mesh", "vnets:"]
-    for i in range(n):
-        lines += [f"  V{i}:", "    location: East US", f"    address_space: [10.{i}.0.0/16]",
-                  f"    subnets: {{default: 10.{i}.0.0/24}}", f"    gateway_subnet: 10.{i}.255.0/27",
-                  "    gateway: {type: DynamicRouting, sku: Standard}"]
-    lines.append("local_sites:")
-    lines += [f"  S{i}: {{address_space: [10.{i}.0.0/16]}}" for i in range(n)]
-    lines.append("connections:")
-    lines += [f"  - {{vnet: V{i}, local_site: S{j}, shared_key: Bench{min(i, j)}x{max(i, j)}}}"
-              for i in range(n) for j in range(n) if i != j]
-    return "\n".join(lines) + "\n"
+    return generated_plan("bench-mesh", n, [(i, j) for i in range(n) for j in range(i + 1, n)])
+
+
+def chain(n: int) -> str:
+    return generated_plan("bench-chain", n, [(i, i + 1) for i in range(n - 1)])
 
 
 def run(*argv: str) -> float:

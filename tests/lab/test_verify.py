@@ -11,7 +11,10 @@ DEFAULT = PLANS / "classic-vnet-to-vnet.yaml"
 
 def verify(lab, name, *extra):
     res = lab.cli("verify", "--name", name, "--json", *extra, timeout=120)
-    return res.returncode, json.loads(res.stdout), res
+    try:
+        return res.returncode, json.loads(res.stdout), res
+    except json.JSONDecodeError:
+        raise AssertionError(f"verify printed no JSON (exit {res.returncode}):\n{res.stdout}\n{res.stderr}") from None
 
 
 def test_default_plan_verifies_with_esp_and_pcap(lab, tmp_path, dataplane):
