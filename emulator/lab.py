@@ -35,6 +35,7 @@ from .topology import GatewayNode, Topology, TunnelEnd, build_topology
 PLAN_COPY = "plan.yaml"
 LAB_META = "lab.json"
 CHANGES = "changes.json"
+LIBIPSEC_PLUGIN = Path("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so")
 EVENTS = "events.jsonl"
 
 
@@ -174,7 +175,7 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
         _build_network(topo, registry)
         if sku_limit:
             limit_gateways(topo)
-        chosen = probe_dataplane(topo.backbone) if dataplane == "auto" else dataplane
+        chosen = choose_dataplane(dataplane, topo.backbone)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         (directory / LAB_META).write_text(json.dumps({"name": plan.name, "dataplane": chosen, "created": created,
                                                       "sku_limit": sku_limit}))
@@ -247,7 +248,7 @@ def limit_gateways(topo: Topology) -> None:
 def supported_dataplanes() -> list[str]:
     """The data planes this machine can run, probed in a throwaway namespace (for tests and docs)."""
     found = []
-    if Path("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so").exists():
+    if LIBIPSEC_PLUGIN.exists():
         found.append("libipsec")
     probe_ns = f"vnetlab-probe-{os.getpid()}"
     ops.create(probe_ns)
@@ -257,6 +258,23 @@ def supported_dataplanes() -> list[str]:
     finally:
         ops.remove(probe_ns)
     return found
+
+
+def choose_dataplane(requested: str, netns: str) -> str:
+    """auto: what this machine can do. An explicit choice it cannot do is refused, not half-run."""
+    libipsec = LIBIPSEC_PLUGIN.exists()
+    possible = probe_dataplane(netns)
+    if requested == "auto":
+        if possible == "libipsec" and not libipsec:
+            raise EnvironmentProblem("this kernel has no ESP and strongSwan's kernel-libipsec plugin is missing: "
+                                     "install libcharon-extra-plugins (scripts/install.sh)")
+        return possible
+    if requested == "kernel" and possible != "kernel":
+        raise EnvironmentProblem("this kernel cannot carry ESP (no CONFIG_INET_ESP): use --dataplane libipsec "
+                                 "(or auto), or run the lab in the Vagrant VM")
+    if requested == "libipsec" and not libipsec:
+        raise EnvironmentProblem(f"{LIBIPSEC_PLUGIN} is missing: install libcharon-extra-plugins (scripts/install.sh)")
+    return requested
 
 
 def probe_dataplane(netns: str) -> str:

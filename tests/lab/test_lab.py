@@ -2,6 +2,8 @@
 
 import json
 import signal
+
+import pytest
 import subprocess
 import sys
 import time
@@ -142,3 +144,13 @@ def test_graph_of_running_lab(lab, tmp_path):
         assert res.returncode == 0, res.stderr
     svg = (tmp_path / "lab.svg").read_text()
     assert "Connected" in svg and "forestgreen" in svg and "VNet4Local" in svg and "VNet1Local" in svg
+
+
+def test_unsupported_dataplane_is_refused_and_leaves_nothing(lab, supported):
+    missing = [d for d in ("kernel", "libipsec") if d not in supported]
+    if not missing:
+        pytest.skip("this machine supports both data planes")
+    res = lab.cli("up", "--name", "t-nodp", "--dataplane", missing[0])
+    assert res.returncode == 3 and ("cannot carry ESP" in res.stderr or "is missing" in res.stderr)
+    assert not (lab.state / "t-nodp").exists()
+    assert not Path("/run/netns/t-nodp.backbone").exists()

@@ -74,3 +74,12 @@ def test_throughput_with_standard_sku_cap(lab):
         assert 90 <= c["mbps"] <= 110 or "slower than the 100 Mbit/s cap" in c["detail"], c
     bare = [c for c in tput if "TestVNet" not in c["src"]][0]
     assert bare["mbps"] > max(c["mbps"] for c in tunnels)
+
+
+def test_vnet_to_vnet_plus_onprem(lab):
+    assert lab.cli("up", str(PLANS / "vnet-to-vnet-plus-onprem.yaml"), "--name", "t-onprem").returncode == 0
+    code, data, res = verify(lab, "t-onprem")
+    assert code == 0, res.stdout
+    pairs = {(c["kind"], c["src"].split("/")[0], c["dst"].split("/")[0]) for c in data["checks"]}
+    assert {("reach", "TestVNet1", "HQ"), ("reach", "HQ", "TestVNet1")} <= pairs
+    assert {("isolation", "TestVNet4", "HQ"), ("isolation", "HQ", "TestVNet4")} <= pairs
