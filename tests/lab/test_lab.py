@@ -1,6 +1,7 @@
 """The live lab, end to end, with real strongSwan daemons (issue: the live lab)."""
 
 import json
+import os
 import signal
 
 import pytest
@@ -154,3 +155,19 @@ def test_unsupported_dataplane_is_refused_and_leaves_nothing(lab, supported):
     assert res.returncode == 3 and ("cannot carry ESP" in res.stderr or "is missing" in res.stderr)
     assert not (lab.state / "t-nodp").exists()
     assert not Path("/run/netns/t-nodp.backbone").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_up_removes_what_it_built(lab, sig):
+    proc = subprocess.Popen([sys.executable, "-m", "emulator", "up", "--name", "t-intr"], env=lab.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not (lab.state / "t-intr" / "TestVNet1" / "swanctl.conf").exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    journal = lab.journal("t-intr")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert_nothing_left(lab.state, {"t-intr": journal})
+    # also what was made after the journal was read: no namespace of this lab may exist
+    assert not [ns for ns in os.listdir("/run/netns") if ns.startswith("t-intr.")]
