@@ -81,8 +81,10 @@ def _explain(cause: str, hits: list[tuple[str, str]], lab: Lab, gw: GatewayNode,
         return (f"proposal mismatch (NO_PROPOSAL_CHOSEN): {seen}; {gw.name} offers IKE "
                 f"{','.join(t.ipsec.ike_proposals)} ESP {','.join(t.ipsec.esp_proposals)}; {peer_gw.name} accepts "
                 f"IKE {','.join(peer_end.ipsec.ike_proposals)} ESP {','.join(peer_end.ipsec.esp_proposals)}")
-    if cause == "ts":
-        return (f"traffic selectors refused (TS_UNACCEPTABLE): {seen}; {gw.name} proposes "
+    if cause in ("ts", "tsdiff"):
+        title = ("traffic selectors refused (TS_UNACCEPTABLE): " + seen if cause == "ts" else
+                 "traffic selectors differ between the two sides (only some CHILD_SAs can be built)")
+        return (f"{title}; {gw.name} proposes "
                 f"{', '.join(map(str, t.local_ts))} === {', '.join(map(str, t.remote_ts))}, {peer_gw.name} has "
                 f"{', '.join(map(str, peer_end.local_ts))} === {', '.join(map(str, peer_end.remote_ts))}: the local "
                 "site's address space must match the peer VNet's")
@@ -119,6 +121,8 @@ def diagnose(lab: Lab, gw: GatewayNode, t: TunnelEnd) -> tuple[str, list[str]]:
                     evidence.setdefault(cause, []).append(f"{side}: {_mask(line.strip(), lab)}")
                     break
     if not found:
+        if set(t.remote_ts) != set(peer_end.local_ts) or set(t.local_ts) != set(peer_end.remote_ts):
+            return _explain("tsdiff", [], lab, gw, t, peer_gw, peer_end), []
         return "not established yet", []
     found.sort(key=lambda f: f[0])
     cause = found[-1][1]

@@ -141,3 +141,18 @@ def test_dead_gateway_daemon_is_named_and_down_still_cleans(lab):
         time.sleep(0.1)
     assert st["connectivity_state"] == "NotConnected"
     assert "gateway daemon of TestVNet4 is not running" in st["reason"]
+
+
+def test_selectors_that_differ_are_named(lab, tmp_path):
+    """IKEv1 cannot narrow: a local site listing 10.40.0.0/14 for a VNet with 10.41/16 and 10.42/16
+    leaves only some CHILD_SAs up, and the status says which selectors differ; verify fails."""
+    plan = tmp_path / "p.yaml"
+    plan.write_text(DEFAULT.read_text().replace(
+        "  VNet4Local:                      # TestVNet1's view of TestVNet4\n    address_space: [10.41.0.0/16, 10.42.0.0/16]",
+        "  VNet4Local:\n    address_space: [10.40.0.0/14]").replace("shared_key: A1b2C3D4}",
+                                                             "shared_key: A1b2C3D4, ike_version: 1}"))
+    lab.cli("up", str(plan), "--name", "t-ts", "--timeout", "5")
+    st = lab.status("t-ts")[("TestVNet4", "VNet1Local")]
+    assert st["connectivity_state"] != "Connected"
+    assert st["reason"].startswith("traffic selectors differ") and "10.40.0.0/14" in st["reason"]
+    assert lab.cli("verify", "--name", "t-ts").returncode == 1
