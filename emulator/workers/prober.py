@@ -20,7 +20,7 @@ from scapy.packet import Raw
 from scapy.sendrecv import AsyncSniffer
 from scapy.supersocket import L3RawSocket
 
-RESPONDER_PORT = 7777
+from emulator.workers.responder import PORT as RESPONDER_PORT
 
 
 def build(probe: dict) -> tuple[object, object]:
