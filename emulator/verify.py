@@ -40,7 +40,8 @@ class Check:
     ok: bool
     detail: str
     proto: str | None = None
-    mbps: float | None = None
+    mbps: float | None = None  # throughput: TCP goodput
+    wire_mbps: float | None = None  # throughput: rate on the sending gateway's backbone link
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None or k in ("ok",)}
@@ -246,7 +247,7 @@ def verify(lab: Lab, pcap_dir: Path | None = None, timeout: float = 1.5, through
 
 
 def throughput_checks(lab: Lab, pairs: list[Pair], statuses: list[ConnectionStatus], duration: float) -> list[Check]:
-    from .throughput import Direction, MeasurementError, bare_backbone, iperf, judge
+    from .throughput import Direction, MeasurementError, bare_backbone, judge, measure
 
     gateways = {g.name: g for g in lab.topology.gateways if g.kind == "vnet"}
     cipher = next((s.cipher for s in statuses if s.cipher), None)
@@ -265,15 +266,16 @@ def throughput_checks(lab: Lab, pairs: list[Pair], statuses: list[ConnectionStat
                 d = Direction(_hosts_by_space(lab, a)[0], _hosts_by_space(lab, b)[0], gateways.get(a))
                 label = (f"{d.src.node} ({d.src.address})", f"{d.dst.node} ({d.dst.address})")
                 try:
-                    mbps = iperf(workers, d.dst.netns, str(d.dst.address), d.src.netns, duration)
-                    ok, why = judge(lab, workers, d, mbps, duration)
+                    rate = measure(lab, workers, d, duration)
+                    ok, why = judge(lab, workers, d, rate, duration)
                 except MeasurementError as exc:
                     checks.append(Check("throughput", *label, False, str(exc), mbps=0.0))
                     continue
                 cost = f"; bare backbone veth {bare[1]:.0f} Mbit/s" if bare else ""
                 checks.append(Check("throughput", *label, ok,
                                     f"{why}; {duration:g} s TCP, cipher {cipher or '?'}, {lab.dataplane}{cost}",
-                                    mbps=round(mbps, 1)))
+                                    mbps=round(rate.goodput, 1),
+                                    wire_mbps=round(rate.wire, 1) if rate.wire is not None else None))
         if bare:
             checks.append(Check("throughput", bare[0].split(" -> ")[0], bare[0].split(" -> ")[1], bare[1] > 0,
                                 "bare backbone veth, no IPsec, no cap: what the tunnel costs is measured against this",

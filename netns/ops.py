@@ -69,7 +69,15 @@ class Namespace:
                     burst=max(32 * 1024, mbit * 1024 * 1024 // 8 // 100), latency="50ms")
 
     def clear_rate(self, ifname: str) -> None:
-        self.ipr.tc("del", "tbf", index=self.index(ifname), handle="1:")
+        """Remove the root qdisc set by limit_rate (back to the default queue)."""
+        self.ipr.tc("del", index=self.index(ifname), handle="1:", root=True)
+
+    def tx_bytes(self, ifname: str) -> int:
+        link = self.ipr.get_links(self.index(ifname))[0]
+        return int(link.get_attr("IFLA_STATS64")["tx_bytes"])
+
+    def qdisc_kinds(self, ifname: str) -> list[str]:
+        return [q.get_attr("TCA_KIND") for q in self.ipr.get_qdiscs(index=self.index(ifname))]
 
     def add_route(self, dst: IPv4Network, via: IPv4Address | None = None, prohibit: bool = False) -> None:
         if prohibit:
