@@ -24,13 +24,27 @@ typical session (as root):
 """
 
 
+def _seconds(low: float, high: float):
+    """An argparse type: a number of seconds within [low, high]."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value:g} is out of range: give {low:g} to {high:g} seconds")
+        return value
+    return parse
+
+
 def _plan_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("plan", nargs="?", metavar="PLAN",
                    help="plan file (YAML); default: the classic walkthrough's plan shipped with vnetlab")
 
 
 def _name_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", metavar="LAB", help="which running lab (default: the only one running)")
+    p.add_argument("--name", metavar="LAB", help="which running lab (default: the only one, else the current lab: "
+                   "the last one that 'up' built)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataplane", choices=["auto", "kernel", "libipsec"], default="auto",
                    help="IPsec data plane: kernel XFRM, or strongSwan's userspace libipsec; auto probes "
                         "whether this kernel can do ESP (default: auto)")
-    p.add_argument("--timeout", type=float, default=20.0, metavar="S",
-                   help="wait at most S seconds for the tunnels (default: 20)")
+    p.add_argument("--timeout", type=_seconds(0.5, 600), default=20.0, metavar="S",
+                   help="wait at most S seconds for the tunnels, 0.5-600 (default: 20)")
+    p.add_argument("--reuse", action="store_true",
+                   help="if the lab already runs, built from this same plan, use it instead of failing")
     p.add_argument("--keep-on-error", action="store_true", help="leave a half-built lab for inspection")
     p.add_argument("--no-sku-limit", action="store_true",
                    help="do not emulate the gateway SKU's bandwidth (100 Mbit/s Basic/Standard, 200 HighPerformance)")
@@ -103,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     _name_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-v", "--verbose", action="store_true", help="show the evidence behind each reason")
+
+    p = cmd("nodes", "the lab's nodes: what 'exec' can enter, their roles and addresses",
+            "List every node of the lab (VNet routers and gateways, test hosts, on-premises devices, the "
+            "backbone) with its address and namespace, and commands worth trying on this lab.")
+    _name_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = cmd("exec", "run a command inside a lab node's namespace",
             "Run COMMAND in a node: a VNet name for its router and gateway (TestVNet1), VNET/SUBNET for a "
@@ -124,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
             "'Status: Successful' even when the key differs from the peer's: then the connection fails, "
             "and 'vnetlab connection' says why.")
     vnet_site(p)
-    p.add_argument("--key", required=True, metavar="KEY", help="1-128 letters and digits (never printed back)")
+    p.add_argument("--key", metavar="KEY",
+                   help="1-128 letters and digits (never printed back). Visible to other users in 'ps' while it "
+                        "runs: without --key the key is read from $VNETLAB_SHARED_KEY, else asked for at a "
+                        "terminal, else read from the first line of standard input")
 
     p = cmd("get-key", "print a connection's shared key (Get-AzureVNetGatewayKey)",
             "Print the pre-shared key of VNET's connection to SITE. The only command that prints a key.")
@@ -174,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     _name_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
     p.add_argument("--junit", metavar="FILE", help="also write the checks as JUnit XML")
-    p.add_argument("--pcap", metavar="DIR", help="write the backbone capture, one pcap file per link")
+    p.add_argument("--pcap", metavar="DIR", help="write the backbone capture, one pcap file per gateway (GATEWAY.pcap)")
     p.add_argument("--throughput", action="store_true", help="also measure TCP throughput with iperf3")
     p.add_argument("--duration", type=float, default=3.0, metavar="S",
                    help="seconds per throughput measurement and direction (default: 3)")
@@ -248,11 +273,10 @@ def _import(args: argparse.Namespace) -> int:
 
     from .netcfg import import_netcfg
 
+    from .inputfile import decode, read_capped
+
     path = Path(args.file)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read: {exc}") from None
+    text = decode(read_capped(path, "netcfg file"), path, "netcfg file")
     data, plan, warnings = import_netcfg(text, str(path), args.gateway_type, args.sku)
     print_problems(warnings)
     header = (f"# Imported by vnetlab from {path.name}. netcfg holds no gateway type, SKU or keys:\n"
@@ -326,6 +350,7 @@ HANDLERS = {
     "up": _lab_command("up"),
     "status": _lab_command("status"),
     "exec": _lab_command("exec_"),
+    "nodes": _lab_command("nodes"),
     "down": _lab_command("down"),
     "verify": _lab_command("verify"),
     "set-key": _lab_command("set_key"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
 import sys
 
 from . import lab as labmod
@@ -18,12 +20,19 @@ def print_status(lab: labmod.Lab, rows: list[ConnectionStatus], as_json: bool, v
         return
     print(f"lab '{lab.name}' · data plane: {lab.dataplane} · state: {lab.directory}")
     print(table(["gateway", "local site", "state", "IKE", "in bytes", "out bytes", "established", "reason"],
-                [[r.gateway, r.local_site, r.connectivity_state, f"v{r.ike_version}", r.ingress_bytes,
+                [[*_ends(lab, r), r.connectivity_state, f"v{r.ike_version}", r.ingress_bytes,
                   r.egress_bytes, r.last_connection_established or "-", r.reason] for r in rows]))
     if verbose:
         for r in rows:
             for line in r.evidence:
                 print(f"  evidence {r.gateway} -> {r.local_site}: {line}")
+
+
+def _ends(lab: labmod.Lab, r: ConnectionStatus) -> tuple[str, str]:
+    """(gateway, local site) columns; an on-premises device's row names the VNet it connects to."""
+    if r.gateway == r.local_site:
+        return f"{r.gateway} (on-premises)", f"-> {r.vnet}"
+    return r.gateway, r.local_site
 
 
 def _failures(lab: labmod.Lab, rows: list[ConnectionStatus]) -> list[ConnectionStatus]:
@@ -33,15 +42,17 @@ def _failures(lab: labmod.Lab, rows: list[ConnectionStatus]) -> list[ConnectionS
 
 def up(args: argparse.Namespace) -> int:
     result = labmod.up(args.plan, args.name, args.dataplane, args.timeout, args.keep_on_error,
-                       sku_limit=not args.no_sku_limit)
+                       sku_limit=not args.no_sku_limit, reuse=args.reuse)
     print_problems(result.warnings)
+    if result.reused:
+        print(f"lab '{result.lab.name}' is already running, built from this plan: reusing it "
+              f"(vnetlab down --name {result.lab.name} removes it)", file=sys.stderr)
     rows = collect(result.lab)
     print_status(result.lab, rows, args.json)
     failed = _failures(result.lab, rows)
-    if not args.json:
-        print(f"\nup in {result.seconds:.2f} s. Explore: vnetlab exec --name {result.lab.name} "
-              f"{result.lab.topology.hosts[0].node if result.lab.topology.hosts else 'backbone'} -- ip route · "
-              f"remove: vnetlab down --name {result.lab.name}")
+    if not args.json and not result.reused:
+        print(f"\nup in {result.seconds:.2f} s. Explore: vnetlab nodes · remove: vnetlab down --name "
+              f"{result.lab.name}")
     for r in failed:
         print(f"not connected: {r.gateway} -> {r.local_site}: {r.reason}", file=sys.stderr)
     return ExitCode.CHECK_FAILED if failed else ExitCode.OK
@@ -52,6 +63,55 @@ def status(args: argparse.Namespace) -> int:
     rows = collect(lab)
     print_status(lab, rows, args.json, args.verbose)
     return ExitCode.CHECK_FAILED if _failures(lab, rows) else ExitCode.OK
+
+
+def explore_hints(lab: labmod.Lab) -> list[str]:
+    """Commands worth trying on this lab, with its own node names and addresses."""
+    hints = []
+    topo = lab.topology
+    for gw in topo.gateways:
+        peer = next((topo.peer_gateway(t) for t in gw.tunnels if t.peer_in_lab and topo.peer_gateway(t)), None)
+        src = next((h for h in topo.hosts if h.owner == gw.name), None)
+        dst = next((h for h in topo.hosts if peer and h.owner == peer.name), None)
+        if src and dst:
+            hints.append(f"vnetlab exec {src.node} -- ping -c 1 {dst.address}     # across the tunnel "
+                         f"{gw.name} -> {peer.name}")
+            break
+    if topo.gateways:
+        gw = topo.gateways[0]
+        hints.append(f"vnetlab exec {gw.name} -- swanctl --list-sas     # strongSwan's own view of {gw.name}'s "
+                     "gateway")
+        hints.append(f"vnetlab exec {gw.name} -- ip route show table all")
+    hints.append("vnetlab exec backbone -- tcpdump -ni any -c 10     # only IKE and ESP cross the backbone")
+    name = f" --name {lab.name}" if len(labmod.list_labs()) > 1 else ""
+    return [h.replace("vnetlab exec", f"vnetlab exec{name}", 1) for h in hints]
+
+
+def nodes(args: argparse.Namespace) -> int:
+    lab = labmod.open_lab(args.name)
+    topo = lab.topology
+    hosts = {h.node: h for h in topo.hosts}
+    gws = {g.name: g for g in topo.gateways}
+    rows = []
+    for node, ns in topo.nodes:
+        if node in hosts:
+            role, addr = f"test host of {hosts[node].owner} ({hosts[node].network})", str(hosts[node].address)
+        elif node in gws:
+            gw = gws[node]
+            role = "VNet router and gateway" if gw.kind == "vnet" else "on-premises VPN device"
+            addr = f"{gw.public_ip} (public)"
+        else:
+            role, addr = "backbone router (the emulated Internet)", ""
+        rows.append({"node": node, "role": role, "address": addr, "netns": ns})
+    if args.json:
+        print_json({"lab": lab.name, "nodes": rows, "try": explore_hints(lab)})
+        return ExitCode.OK
+    print(table(["node", "role", "address", "namespace"], [[r["node"], r["role"], r["address"], r["netns"]]
+                                                            for r in rows]))
+    print("\ntry:")
+    for hint in explore_hints(lab):
+        print(f"  {hint}")
+    return ExitCode.OK
 
 
 def exec_(args: argparse.Namespace) -> int:
@@ -110,10 +170,28 @@ def _block(data: dict, as_json: bool) -> None:
         print(f"{key:<{width}} : {'' if value is None else value}")
 
 
+KEY_ENV = "VNETLAB_SHARED_KEY"
+
+
+def read_key(given: str | None) -> str:
+    """The key from --key, else $VNETLAB_SHARED_KEY, else a prompt at a terminal, else stdin's first line:
+    the last three keep it out of the process list."""
+    if given is not None:
+        return given
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV]
+    if sys.stdin.isatty():
+        return getpass.getpass("shared key (1-128 letters and digits, not echoed): ")
+    line = sys.stdin.readline(256).strip()
+    if not line:
+        raise UsageError(f"no key given: use --key KEY, set ${KEY_ENV}, or pipe the key on standard input")
+    return line
+
+
 def set_key(args: argparse.Namespace) -> int:
     from .workflow import set_key as run
 
-    run(args.name, args.vnet, args.site, args.key)
+    run(args.name, args.vnet, args.site, read_key(args.key))
     _block(OPERATION_STATUS, args.json)
     return ExitCode.OK
 

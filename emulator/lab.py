@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,14 +117,42 @@ def list_labs() -> list[str]:
     return sorted(p.name for p in base.iterdir() if (p / LAB_META).exists()) if base.is_dir() else []
 
 
+CURRENT = ".current"  # in the state base: the lab that commands without --name act on
+
+
+def set_current(name: str) -> None:
+    """`up` makes its lab the current one, like a shell's working directory: later commands
+    without --name act on it even while other labs run (the README's walkthrough after `make lab`)."""
+    (state_base() / CURRENT).write_text(name + "\n")
+
+
+def current_lab() -> str | None:
+    try:
+        name = (state_base() / CURRENT).read_text().strip()
+    except OSError:
+        return None
+    return name or None
+
+
+def choose_lab(labs: list[str], all_hint: str = "") -> str:
+    """The lab a command without --name acts on: the only one, else the current one (said on stderr)."""
+    if len(labs) == 1:
+        return labs[0]
+    current = current_lab()
+    if current in labs:
+        print(f"(lab '{current}': the current lab, the last one 'up' built; {len(labs)} labs run: "
+              f"{', '.join(labs)}; --name picks another)", file=sys.stderr)
+        return current
+    raise UsageError(f"several labs are running ({', '.join(labs)}) and none is current: choose one with "
+                     f"--name{all_hint}")
+
+
 def open_lab(name: str | None) -> Lab:
     labs = list_labs()
     if name is None:
         if not labs:
             raise EnvironmentProblem("no lab is running on this machine; start one with 'vnetlab up'")
-        if len(labs) > 1:
-            raise UsageError(f"several labs are running ({', '.join(labs)}): choose one with --name")
-        name = labs[0]
+        name = choose_lab(labs)
     directory = state_base() / name
     if name not in labs:
         known = f" (running: {', '.join(labs)})" if labs else ""
@@ -144,10 +173,11 @@ class UpResult:
     lab: Lab
     warnings: list[Problem]
     seconds: float
+    reused: bool = False  # --reuse found this lab already running, built from the same plan
 
 
 def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, keep_on_error: bool,
-       sku_limit: bool = True) -> UpResult:
+       sku_limit: bool = True, reuse: bool = False) -> UpResult:
     started = time.monotonic()
     text, source = read_plan_file(plan_path)
     plan, warnings = parse_plan_text(text, source)
@@ -160,7 +190,11 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
     topo = build_topology(plan)
     directory = state_base() / plan.name
     if directory.exists():
-        raise EnvironmentProblem(f"lab '{plan.name}' already exists ({directory}); remove it with "
+        if reuse and plan.name in list_labs() and (directory / PLAN_COPY).read_text() == text:
+            set_current(plan.name)
+            return UpResult(open_lab(plan.name), warnings, time.monotonic() - started, reused=True)
+        same = " from another plan" if reuse and plan.name in list_labs() else ""
+        raise EnvironmentProblem(f"lab '{plan.name}' already exists{same} ({directory}); remove it with "
                                  f"'vnetlab down --name {plan.name}' or choose another --name")
     taken = [ns for ns in topo.namespaces if ops.exists(ns)]
     if taken:
@@ -183,6 +217,7 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
         _start_gateways(lab, registry, time.monotonic() + 10)
         _start_monitor(lab, registry)
         connect_all(lab, timeout)
+        set_current(plan.name)
     except BaseException:
         if not keep_on_error and os.getpid() == _MAIN_PID:
             registry.teardown()
@@ -356,6 +391,8 @@ def down(name: str | None, all_labs: bool) -> list[str]:
         problems = Registry(state_base() / lab_name).teardown()
         if problems:
             raise EnvironmentProblem(f"lab '{lab_name}' was not removed completely: {'; '.join(problems)}")
+        if current_lab() == lab_name:
+            (state_base() / CURRENT).unlink(missing_ok=True)
     _remove_base_if_empty()
     return names
 
@@ -367,14 +404,16 @@ def list_labs_any() -> list[str]:
 
 
 def _only_lab(labs: list[str]) -> str:
-    if len(labs) > 1:
-        raise UsageError(f"several labs exist ({', '.join(labs)}): choose one with --name, or use --all")
-    return labs[0]
+    return choose_lab(labs, all_hint=", or use --all")
 
 
 def _remove_base_if_empty() -> None:
+    """The state base goes when its last lab goes (with a stale current-lab pointer)."""
+    base = state_base()
+    if base.is_dir() and not any(p.is_dir() for p in base.iterdir()):
+        (base / CURRENT).unlink(missing_ok=True)
     try:
-        state_base().rmdir()
+        base.rmdir()
     except OSError:
         pass
 
@@ -382,10 +421,26 @@ def _remove_base_if_empty() -> None:
 # -- exec -------------------------------------------------------------------------------------
 
 def exec_in(lab: Lab, node: str, argv: list[str]) -> int:
+    """Replace this process by `ip netns exec NS COMMAND`: the command's exit status and signals are
+    its own (127 not found, 126 not executable, 128+N killed by signal N), as in a shell. In a
+    gateway's namespace STRONGSWAN_CONF points at that gateway's settings, so swanctl finds its daemon."""
     ns = lab.topology.netns_of(node)
     if ns is None:
         nodes = ", ".join(n for n, _ in lab.topology.nodes)
-        raise UsageError(f"no node '{node}' in lab '{lab.name}'; nodes: {nodes}")
+        raise UsageError(f"no node '{node}' in lab '{lab.name}'; nodes: {nodes} (vnetlab nodes lists them)")
     if not argv:
         raise UsageError("give a command after '--', e.g. vnetlab exec TestVNet1/default -- ping -c1 10.41.0.4")
-    return subprocess.call(["ip", "netns", "exec", ns, *argv])
+    program = argv[0] if "/" in argv[0] else shutil.which(argv[0])
+    if program is None or not Path(program).exists():
+        print(f"vnetlab exec: {argv[0]}: command not found", file=sys.stderr)
+        return 127
+    if not os.access(program, os.X_OK) or Path(program).is_dir():
+        print(f"vnetlab exec: {argv[0]}: permission denied (not an executable file)", file=sys.stderr)
+        return 126
+    env = dict(os.environ)
+    gw = next((g for g in lab.topology.gateways if g.netns == ns), None)
+    if gw is not None:
+        env["STRONGSWAN_CONF"] = str(lab.gw_dir(gw) / "strongswan.conf")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe("ip", ["ip", "netns", "exec", ns, program, *argv[1:]], env)

@@ -17,11 +17,11 @@ from xml.etree.ElementTree import Element, SubElement, indent, tostring
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
+from .inputfile import MAX_INPUT_BYTES
 from .model import Plan
 from .plan import NAME_RE, parse_plan_data
-from .problems import Collector, PlanError, Problem
+from .problems import Collector, PlanError, Problem, connection_label
 from .topology import build_topology
-from .yamlsource import MAX_PLAN_BYTES
 
 NS = "http://schemas.microsoft.com/ServiceHosting/2011/07/NetworkConfiguration"
 
@@ -47,6 +47,15 @@ def _prefixes(container: Element | None, out: Collector, obj: str) -> list[str]:
     return result
 
 
+def _line_of(text: str, tag: str, name: str | None, seen: dict[tuple[str, str], int]) -> int | None:
+    """The line of the next element <tag name="name"> (a name may repeat): ElementTree keeps no
+    positions, the text does."""
+    key = (tag, name or "")
+    nth = seen[key] = seen.get(key, -1) + 1
+    found = list(re.finditer(rf"<(?:\w+:)?{tag}\b[^>]*?\bname\s*=\s*[\"']{re.escape(name or '')}[\"']", text))
+    return text.count("\n", 0, found[nth].start()) + 1 if nth < len(found) else None
+
+
 def _safe_name(raw: str | None, out: Collector, obj: str, renames: dict[str, str]) -> str:
     raw = (raw or "").strip()
     if NAME_RE.match(raw):
@@ -61,10 +70,11 @@ def _safe_name(raw: str | None, out: Collector, obj: str, renames: dict[str, str
 
 def import_netcfg(text: str, source: str, gateway_type: str = "DynamicRouting", sku: str = "Standard"
                   ) -> tuple[dict[str, Any], Plan, list[Problem]]:
-    """(plan as YAML-ready dict, validated plan, warnings); raises PlanError on a bad file."""
+    """(plan as YAML-ready dict, validated plan, warnings); raises PlanError on a bad file. Every
+    problem names the line of the XML element it comes from."""
     out = Collector(source)
-    if len(text.encode("utf-8", "replace")) > MAX_PLAN_BYTES:
-        out.error("NetworkConfiguration", "", f"file is larger than {MAX_PLAN_BYTES} bytes; refused")
+    if len(text) > MAX_INPUT_BYTES:  # files are capped when read; this holds for callers with text, too
+        out.error("NetworkConfiguration", "", f"larger than {MAX_INPUT_BYTES:,} characters; refused")
         out.raise_if_errors()
     try:
         root = SafeET.fromstring(text)
@@ -84,23 +94,37 @@ def import_netcfg(text: str, source: str, gateway_type: str = "DynamicRouting", 
         out.raise_if_errors()
     vnc = _child(root, "VirtualNetworkConfiguration")
     renames: dict[str, str] = {}
+    seen: dict[tuple[str, str], int] = {}
     dns = {d.get("name"): d.get("IPAddress") for d in _children(_child(_child(vnc, "Dns"), "DnsServers"), "DnsServer")}
 
     sites: dict[str, Any] = {}
     for el in _children(_child(vnc, "LocalNetworkSites"), "LocalNetworkSite"):
         obj = f"LocalNetworkSite[{el.get('name')}]"
-        name = _safe_name(el.get("name"), out, obj, renames)
+        line = _line_of(text, "LocalNetworkSite", el.get("name"), seen)
+        out.lines[(obj, "")] = line or 0
+        name = _unique(el.get("name"), out, obj, renames, sites, line)
+        if name is None:
+            continue
+        out.lines[(f"local_sites.{name}", "")] = line or 0
         sites[name] = {"address_space": _prefixes(_child(el, "AddressSpace"), out, obj), "gateway_ip": "auto"}
-        real = _child(el, "VPNGatewayAddress")
-        if real is not None and (real.text or "").strip():
-            out.warning(obj, "VPNGatewayAddress", f"{real.text.strip()} is a real address and is not used: the "
+        real = (_child(el, "VPNGatewayAddress").text or "").strip() if _child(el, "VPNGatewayAddress") is not None else ""
+        if real and _ipv4(real):
+            out.warning(obj, "VPNGatewayAddress", f"{real} is a real public address and is not used: the "
                         "lab gives this site's gateway an emulated address (gateway_ip: auto)")
+        elif real:
+            out.warning(obj, "VPNGatewayAddress", f"'{real[:60]}' is not an IPv4 address; ignored: the lab gives "
+                        "this site's gateway an emulated address (gateway_ip: auto)")
 
     vnets: dict[str, Any] = {}
     connections: list[dict[str, Any]] = []
     for el in _children(_child(vnc, "VirtualNetworkSites"), "VirtualNetworkSite"):
         obj = f"VirtualNetworkSite[{el.get('name')}]"
-        name = _safe_name(el.get("name"), out, obj, renames)
+        line = _line_of(text, "VirtualNetworkSite", el.get("name"), seen)
+        out.lines[(obj, "")] = line or 0
+        name = _unique(el.get("name"), out, obj, renames, vnets, line)
+        if name is None:
+            continue
+        out.lines[(f"vnets.{name}", "")] = line or 0
         location = el.get("Location") or el.get("AffinityGroup")
         if not location:
             out.error(obj, "Location", "neither Location nor AffinityGroup is set; give one")
@@ -131,7 +155,9 @@ def import_netcfg(text: str, source: str, gateway_type: str = "DynamicRouting", 
                     out.error(obj, "Connection.type", f"'{ctype}' is not an IPsec tunnel (Dedicated is "
                               "ExpressRoute); only type=\"IPsec\" can be emulated")
                     continue
-                connections.append({"vnet": name, "local_site": renames.get(ref.get("name"), ref.get("name"))})
+                site = renames.get(ref.get("name"), ref.get("name"))
+                out.lines[(connection_label(len(connections), name, site), "")] = line or 0
+                connections.append({"vnet": name, "local_site": site})
         vnets[name] = body
 
     out.raise_if_errors()
@@ -139,6 +165,27 @@ def import_netcfg(text: str, source: str, gateway_type: str = "DynamicRouting", 
     plain = {k: v for k, v in data.items() if v}
     plan, warnings = parse_plan_data(plain, out)
     return plain, plan, warnings
+
+
+def _unique(raw: str | None, out: Collector, obj: str, renames: dict[str, str], taken: dict[str, Any],
+            line: int | None) -> str | None:
+    """The cleaned name, or None (an error) when it repeats another element's name, before or after cleaning."""
+    name = _safe_name(raw, out, obj, renames)
+    if name in taken:
+        before = next((r for r, n in renames.items() if n == name and r != raw), name)
+        how = "repeats" if before == (raw or "").strip() else f"becomes '{name}', as '{before}' does, so it collides with"
+        out.error(obj, "name", f"'{raw}' {how} another {obj.split('[')[0]} in this file; names must be unique, "
+                  "or the two would merge silently", line)
+        return None
+    return name
+
+
+def _ipv4(text: str) -> bool:
+    try:
+        IPv4Address(text)
+        return True
+    except ValueError:
+        return False
 
 
 def export_netcfg(plan: Plan) -> str:

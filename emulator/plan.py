@@ -26,7 +26,8 @@ from .model import (
     VNet,
     default_policy,
 )
-from .problems import Collector, Problem, UsageError, connection_label, did_you_mean
+from .inputfile import decode, read_capped
+from .problems import Collector, Problem, connection_label, did_you_mean
 from .rules import check_plan
 from .yamlsource import LineMap, YamlProblem, load_yaml
 
@@ -66,12 +67,7 @@ def default_plan_path() -> Path:
 def read_plan_file(path: str | Path | None) -> tuple[str, str]:
     """(text, display name) of a plan file; the packaged default plan when path is None."""
     p = Path(path) if path else default_plan_path()
-    try:
-        return p.read_text(encoding="utf-8"), str(path or p.name)
-    except FileNotFoundError:
-        raise UsageError(f"{p}: no such plan file (give a YAML plan, or none for the default plan)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{p}: cannot read the plan: {exc}") from None
+    return decode(read_capped(p, "plan file"), p, "plan file"), str(path or p.name)
 
 
 def load_plan(path: str | Path | None = None) -> tuple[Plan, list[Problem]]:
@@ -105,8 +101,9 @@ class _Parser:
     # -- generic field readers ---------------------------------------------------------------
     def mapping(self, value: Any, obj: str, fld: str, line: int | None, allowed: set[str] | None) -> LineMap | None:
         if value is None or (isinstance(value, dict) and not isinstance(value, LineMap)):
-            value = LineMap(value or {})  # plain mappings (from netcfg) have no lines
-            value.line, value.key_lines = line, {}
+            plain = value is not None  # plain mappings (from netcfg) have no lines: the Collector knows them
+            value = LineMap(value or {})
+            value.line, value.key_lines = (None if plain else line), {}
         if not isinstance(value, LineMap):
             self.out.error(obj, fld, f"must be a mapping (key: value), not {_kind(value)}", line)
             return None
@@ -333,25 +330,24 @@ class _Parser:
         if f is None:
             return None
         suite = f.get("suite", "gcm-first")
+        ok = True
         if suite not in SUITES:
             self.choice(suite, obj, "ipsec.suite", f.line_of("suite"), {s: s for s in SUITES})
-            return None
+            ok, suite = False, "gcm-first"  # go on, so every bad field of the block is reported at once
         policy = default_policy(gtype, suite)
         changes: dict[str, Any] = {}
         for key in ("ike_proposals", "esp_proposals"):
             if key in f:
                 props = self.proposals(f[key], obj, f"ipsec.{key}", f.line_of(key))
-                if props is None:
-                    return None
+                ok = ok and props is not None
                 changes[key] = props
         limits = {"ike_lifetime": (300, 172800), "child_lifetime": (300, 172800), "dpd_delay": (0, 3600)}
         for key, (low, high) in limits.items():
             if key in f:
                 val = self.integer(f[key], obj, f"ipsec.{key}", f.line_of(key), low, high)
-                if val is None:
-                    return None
+                ok = ok and val is not None
                 changes[key] = val
-        return IpsecPolicy(**{**policy.__dict__, **changes})
+        return IpsecPolicy(**{**policy.__dict__, **changes}) if ok else None
 
     def proposals(self, value: Any, obj: str, fld: str, line: int | None) -> tuple[str, ...] | None:
         if isinstance(value, str):

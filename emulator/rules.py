@@ -7,14 +7,29 @@ question is whether the whole plan is one the classic platform would have accept
 from __future__ import annotations
 
 from collections import defaultdict
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from itertools import combinations
 
 from .model import Connection, GatewayType, LocalSite, Plan, VNet
 from .problems import Collector, connection_label, did_you_mean
+from .topology import PUBLIC_RANGES, vnet_links
 
-MAX_VNETS = 120  # emulated public addresses: one /31 per gateway out of 203.0.113.0/24
-MAX_ONPREM_SITES = 120  # and out of 198.51.100.0/24 for emulated on-premises devices
+MAX_VNETS = 1000  # what one 2-core machine with 24 GB holds (public links: topology.MAX_GATEWAYS)
+MAX_ONPREM_SITES = 1000
+
+# Addresses no network of a lab can use: the kernel treats them specially, or the lab itself does.
+SPECIAL = (
+    (IPv4Network("0.0.0.0/8"), "'this network' (0.0.0.0/8), which no host can use"),
+    (IPv4Network("127.0.0.0/8"), "loopback (127.0.0.0/8): every host answers it itself"),
+    (IPv4Network("169.254.0.0/16"), "link-local (169.254.0.0/16): never routed"),
+    (IPv4Network("224.0.0.0/4"), "multicast (224.0.0.0/4): no unicast host or route there"),
+    (IPv4Network("240.0.0.0/4"), "reserved (240.0.0.0/4, with the broadcast address 255.255.255.255)"),
+) + tuple((r, f"one of the lab's own emulated public ranges ({r}): the backbone uses it") for r in PUBLIC_RANGES)
+
+
+def special_range(net: IPv4Network) -> str | None:
+    """Why a prefix cannot be a lab network's address space, or None."""
+    return next((why for rng, why in SPECIAL if net.overlaps(rng)), None)
 
 
 def _overlaps(a: tuple[IPv4Network, ...], b: tuple[IPv4Network, ...]) -> list[tuple[IPv4Network, IPv4Network]]:
@@ -28,6 +43,7 @@ def _fmt(nets: tuple[IPv4Network, ...]) -> str:
 def check_plan(plan: Plan, out: Collector) -> None:
     for vnet in plan.vnets:
         _check_vnet(vnet, out)
+    _check_spaces(plan, out)
     _check_sites(plan, out)
     _check_connections(plan, out)
     if len(plan.vnets) > MAX_VNETS:
@@ -35,6 +51,41 @@ def check_plan(plan: Plan, out: Collector) -> None:
     onprem = [s for s in plan.local_sites if plan.vnet_of_site(s) is None]
     if len(onprem) > MAX_ONPREM_SITES:
         out.error("plan", "local_sites", f"{len(onprem)} on-premises sites; a lab holds at most {MAX_ONPREM_SITES}")
+
+
+def _check_spaces(plan: Plan, out: Collector) -> None:
+    for kind, items in (("vnets", plan.vnets), ("local_sites", plan.local_sites)):
+        for item in items:
+            for net in item.address_space:
+                why = special_range(net)
+                if why:
+                    out.error(f"{kind}.{item.name}", "address_space", f"{net} lies in {why}; use private "
+                              "prefixes such as 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16")
+    vips = {name: link[1].ip for name, link in vnet_links(plan).items()}
+    for site in plan.local_sites:
+        if site.gateway_ip is not None:
+            for problem in gateway_ip_problems(plan, site, site.gateway_ip, vips):
+                out.error(f"local_sites.{site.name}", "gateway_ip", problem)
+
+
+def gateway_ip_problems(plan: Plan, site: LocalSite, ip: IPv4Address,
+                        vips: dict[str, IPv4Address] | None = None) -> list[str]:
+    """Why `ip` cannot be the VPN gateway address of `site` (empty when it can). Also used by update-site."""
+    vips = vips if vips is not None else {name: link[1].ip for name, link in vnet_links(plan).items()}
+    net = IPv4Network(f"{ip}/32")
+    why = next((w for rng, w in SPECIAL[:5] if net.overlaps(rng)), None)
+    if why:
+        return [f"{ip} lies in {why}; a VPN gateway has a unicast public address"]
+    problems = []
+    inside = [x.name for x in (*plan.vnets, *plan.local_sites) if any(ip in n for n in x.address_space)]
+    if inside:
+        problems.append(f"{ip} is inside the address space of {inside[0]}; a VPN gateway's public address cannot "
+                        "be a private address that the tunnels carry")
+    own = sorted(c.vnet for c in plan.connections if c.local_site == site.name and vips.get(c.vnet) == ip)
+    if own:
+        problems.append(f"{ip} is {own[0]}'s own emulated gateway address, and {own[0]} connects to {site.name}: "
+                        f"a gateway cannot build a tunnel to itself; give the peer's address (or 'auto')")
+    return problems
 
 
 def _check_vnet(v: VNet, out: Collector) -> None:
@@ -180,6 +231,11 @@ def _check_gateway(plan: Plan, vnet: VNet, items: list[tuple[str, Connection, VN
 
 
 def _check_mirrors(plan: Plan, valid: list[tuple[str, Connection, VNet, LocalSite]], out: Collector) -> None:
+    back_sites: dict[str, list[LocalSite]] = defaultdict(list)  # VNet name -> the sites standing for it
+    for s in plan.local_sites:
+        covered = plan.vnet_of_site(s)
+        if covered is not None:
+            back_sites[covered.name].append(s)
     for obj, conn, vnet, site in valid:
         peer = plan.vnet_of_site(site)
         if peer is None:
@@ -187,13 +243,49 @@ def _check_mirrors(plan: Plan, valid: list[tuple[str, Connection, VNet, LocalSit
         if peer.gateway is None:
             out.error(obj, "local_site", f"{site.name} stands for {peer.name}, which has no gateway to connect to")
             continue
-        back_sites = [s for s in plan.local_sites if plan.vnet_of_site(s) is vnet]
-        back = [plan.connection(peer.name, s.name) for s in back_sites]
-        mirror = next((c for c in back if c is not None), None)
+        sites_back = back_sites[vnet.name]
+        mirror = next((c for c in (plan.connection(peer.name, s.name) for s in sites_back) if c is not None), None)
         if mirror is None:
-            suggestion = back_sites[0].name if back_sites else f"a local site with {vnet.name}'s address space"
+            suggestion = sites_back[0].name if sites_back else f"a local site with {vnet.name}'s address space"
             out.warning(obj, "local_site", f"no mirror: {peer.name} has no connection back to {vnet.name}; add "
                         f"{{vnet: {peer.name}, local_site: {suggestion}}} or the tunnel cannot come up")
-        elif mirror.ike_version != conn.ike_version:
+            continue
+        if mirror.ike_version != conn.ike_version:
             out.warning(obj, "ike_version", f"IKEv{conn.ike_version} here but IKEv{mirror.ike_version} on "
                         f"{peer.name}'s side; the tunnel cannot come up")
+        if conn.shared_key and mirror.shared_key and conn.shared_key != mirror.shared_key and conn.vnet < peer.name:
+            out.warning(obj, "shared_key", f"differs from the key of {peer.name}'s connection to {mirror.local_site} "
+                        "(both masked): the tunnel will fail authentication until both sides have the same key")
+        if conn.vnet < peer.name:
+            for key, what in (("ike_proposals", "IKE"), ("esp_proposals", "ESP")):
+                if not proposals_intersect(getattr(conn.ipsec, key), getattr(mirror.ipsec, key)):
+                    out.warning(obj, f"ipsec.{key}", f"no {what} proposal in common with {peer.name}'s side "
+                                f"({', '.join(getattr(conn.ipsec, key))} against "
+                                f"{', '.join(getattr(mirror.ipsec, key))}): the tunnel will fail with "
+                                "NO_PROPOSAL_CHOSEN")
+
+
+def _algorithms(proposal: str) -> dict[str, set[str]]:
+    """A strongSwan proposal's algorithms by kind: encryption, integrity, prf, dh, esn."""
+    kinds: dict[str, set[str]] = defaultdict(set)
+    for token in proposal.split("-"):
+        if token.startswith("prf"):
+            kinds["prf"].add(token)
+        elif token.startswith(("modp", "ecp", "curve")):
+            kinds["dh"].add(token)
+        elif token in ("esn", "noesn"):
+            kinds["esn"].add(token)
+        elif token.startswith(("sha", "md5")):
+            kinds["integrity"].add(token)
+        else:
+            kinds["encryption"].add(token)
+    return kinds
+
+
+def proposals_intersect(ours: tuple[str, ...], theirs: tuple[str, ...]) -> bool:
+    """Whether two proposal lists can agree: some pair shares an algorithm of every kind either names."""
+    def agree(a: dict[str, set[str]], b: dict[str, set[str]]) -> bool:
+        return all((a.get(k, set()) & b.get(k, set())) or (not a.get(k) and not b.get(k))
+                   for k in ("encryption", "integrity", "dh")) and (
+            not a.get("prf") or not b.get("prf") or bool(a["prf"] & b["prf"]))
+    return any(agree(_algorithms(p), _algorithms(q)) for p in ours for q in theirs)

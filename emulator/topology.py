@@ -20,9 +20,14 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from .model import Connection, IpsecPolicy, LocalSite, Plan, SharedKey, Sku, VNet
 
-VNET_PUBLIC = IPv4Network("203.0.113.0/24")  # emulated VIPs of VNet gateways
-ONPREM_PUBLIC = IPv4Network("198.51.100.0/24")  # emulated on-premises VPN devices
-PUBLIC_RANGES = (IPv4Network("192.0.2.0/24"), ONPREM_PUBLIC, VNET_PUBLIC)
+VNET_PUBLIC = IPv4Network("203.0.113.0/24")  # emulated VIPs of VNet gateways (the first 128)
+ONPREM_PUBLIC = IPv4Network("198.51.100.0/24")  # emulated on-premises VPN devices (the first 128)
+# Labs that outgrow a /24 (128 /31 links) continue in the benchmarking range of RFC 2544, which
+# like the documentation ranges is never routed on the Internet.
+LARGE = IPv4Network("198.18.0.0/15")
+VNET_PUBLIC_LARGE, ONPREM_PUBLIC_LARGE = LARGE.subnets(new_prefix=16)
+PUBLIC_RANGES = (IPv4Network("192.0.2.0/24"), ONPREM_PUBLIC, VNET_PUBLIC, LARGE)
+MAX_GATEWAYS = 128 + VNET_PUBLIC_LARGE.num_addresses // 2
 HOST_OFFSET = 4  # Azure reserves the first four addresses of a subnet; the first VM gets .4
 
 
@@ -119,10 +124,16 @@ class Topology:
         return next((e for e in peer.tunnels if e.remote_ip == t.local_ip), None) if peer else None
 
 
-def _pair(base: IPv4Network, index: int) -> tuple[IPv4Interface, IPv4Interface]:
-    """The index-th /31 of base: (backbone side, gateway side)."""
+def _pair(small: IPv4Network, large: IPv4Network, index: int) -> tuple[IPv4Interface, IPv4Interface]:
+    """The index-th /31 link (backbone side, gateway side): in the /24 first, then in the large range."""
+    base, index = (small, index) if index < small.num_addresses // 2 else (large, index - small.num_addresses // 2)
     low = base.network_address + 2 * index
     return IPv4Interface(f"{low}/31"), IPv4Interface(f"{low + 1}/31")
+
+
+def vnet_links(plan: Plan) -> dict[str, tuple[IPv4Interface, IPv4Interface]]:
+    """Each VNet gateway's backbone link, in plan order; its gateway side is the emulated VIP."""
+    return {v.name: _pair(VNET_PUBLIC, VNET_PUBLIC_LARGE, i) for i, v in enumerate(x for x in plan.vnets if x.gateway)}
 
 
 def _router_and_host(net: IPv4Network) -> tuple[IPv4Interface, IPv4Interface]:
@@ -142,14 +153,11 @@ class _Builder:
         self.forwarding: list[str] = []
         self.hosts: list[Host] = []
         self.backbone = f"{self.lab}.backbone"
-        gw_vnets = [v for v in plan.vnets if v.gateway]
-        self.vip = {v.name: _pair(VNET_PUBLIC, i) for i, v in enumerate(gw_vnets)}
-        onprem = [s for s in plan.local_sites if plan.vnet_of_site(s) is None and self._used(s)]
-        self.device_ip = {s.name: _pair(ONPREM_PUBLIC, i) for i, s in enumerate(onprem)}
+        self.vip = vnet_links(plan)
+        used = {c.local_site for c in plan.connections}
+        onprem = [s for s in plan.local_sites if plan.vnet_of_site(s) is None and s.name in used]
+        self.device_ip = {s.name: _pair(ONPREM_PUBLIC, ONPREM_PUBLIC_LARGE, i) for i, s in enumerate(onprem)}
         self.lab_addresses = {pair[1].ip for pair in [*self.vip.values(), *self.device_ip.values()]}
-
-    def _used(self, site: LocalSite) -> bool:
-        return any(c.local_site == site.name for c in self.plan.connections)
 
     def add_ns(self, node: str, ns: str) -> None:
         self.namespaces.append(ns)

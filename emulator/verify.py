@@ -163,8 +163,9 @@ def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: fl
     """Send every probe, capturing the backbone meanwhile: (answered probe ids, capture verdict)."""
     workers = _Workers(lab)
     try:
-        backbone_ifaces = [v.if_a for v in lab.topology.veths if v.ns_a == lab.topology.backbone]
-        capture = workers.start(_python_in(lab.topology.backbone, "emulator.workers.capture", *backbone_ifaces),
+        links = [f"{v.if_a}={gw.name}={v.addr_b.ip}" for gw in lab.topology.gateways for v in lab.topology.veths
+                 if v.ns_a == lab.topology.backbone and v.ns_b == gw.netns]
+        capture = workers.start(_python_in(lab.topology.backbone, "emulator.workers.capture", *links),
                                 "backbone capture")
         responders = [workers.start(_python_in(ns, "emulator.workers.responder"), f"responder {ns}", stdin=False)
                       for ns in sorted({p.dst.netns for p in probes})]

@@ -1,8 +1,10 @@
 """Capture the backbone while probes run, then judge it: only IKE and ESP may cross.
 
-argv: the backbone's interfaces. Prints "ready" once sniffing. stdin then receives one JSON line
+argv: one IFACE=GATEWAY=ADDRESS per backbone link (the backbone's interface, the gateway at its
+other end and that gateway's public address). Prints "ready" once sniffing. stdin then receives one JSON line
 {"nonces": [hex, ...], "private": [cidr, ...], "pcap_dir": path|null}; the worker stops, checks
-every packet and prints a JSON verdict.
+every packet and prints a JSON verdict. Each packet crosses two backbone links (in from one gateway,
+out to another); it is counted once, on the link where it enters the backbone.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ def classify(pkt) -> str:
 
 def main() -> None:
     conf.verb = 0
-    ifaces = sys.argv[1:]
+    links = [arg.split("=", 2) for arg in sys.argv[1:]]
+    ifaces = [iface for iface, _gw, _addr in links]
+    entering = {iface: addr for iface, _gw, addr in links}
     started = threading.Event()
     sniffer = AsyncSniffer(iface=ifaces, store=True, started_callback=started.set)
     sniffer.start()
@@ -56,12 +60,14 @@ def main() -> None:
     violations, leaks = [], []
     per_iface = defaultdict(list)
     for pkt in packets:
-        per_iface[getattr(pkt, "sniffed_on", None) or "backbone"].append(pkt)
+        on = getattr(pkt, "sniffed_on", None) or "backbone"
+        per_iface[on].append(pkt)
         kind = classify(pkt)
-        counts[kind] += 1
         raw = bytes(pkt)
-        if kind == "esp":
-            esp_bytes += len(pkt[IP])
+        if IP not in pkt or pkt[IP].src == entering.get(on):
+            counts[kind] += 1
+            if kind == "esp":
+                esp_bytes += len(pkt[IP])
         if kind == "other" or (IP in pkt and any(
                 ipaddress.ip_address(a) in n for a in (pkt[IP].src, pkt[IP].dst) for n in private)):
             violations.append(f"{getattr(pkt, 'sniffed_on', '?')}: {pkt.summary()}")
@@ -69,8 +75,8 @@ def main() -> None:
             leaks.append(f"{getattr(pkt, 'sniffed_on', '?')}: {pkt.summary()}")
     pcaps = []
     if request.get("pcap_dir"):
-        for iface in ifaces:  # one file per backbone link, empty or not
-            path = f"{request['pcap_dir']}/{iface}.pcap"
+        for iface, gateway, _addr in links:  # one file per gateway's backbone link, empty or not
+            path = f"{request['pcap_dir']}/{gateway}.pcap"
             wrpcap(path, per_iface.get(iface, []), linktype=1)
             pcaps.append(path)
     json.dump({"packets": len(packets), "counts": dict(counts), "esp_bytes": esp_bytes,

@@ -9,9 +9,9 @@ from emulator.problems import PlanError
 from tests.conftest import FIXTURES, PLANS
 
 EXPECTED = {  # fixture -> (VNets, local sites, connections, a warning that must be there)
-    "vnet-to-vnet-pair-affinitygroup.xml": (2, 2, 2, "191.239.68.0 is a real address and is not used"),
+    "vnet-to-vnet-pair-affinitygroup.xml": (2, 2, 2, "191.239.68.0 is a real public address and is not used"),
     "three-vnets-one-site-dns.xml": (3, 1, 3, "no shared key yet"),
-    "three-vnets-one-site-location.xml": (3, 1, 3, "157.59.34.62 is a real address"),
+    "three-vnets-one-site-location.xml": (3, 1, 3, "157.59.34.62 is a real public address"),
     "point-to-site-only.xml": (1, 0, 0, "/27 or /28 is recommended"),
     "no-gateway.xml": (1, 0, 0, "affinity group 'LUC-AFFINITYGROUP' imported as the location"),
     "minimal-name-with-spaces.xml": (1, 0, 0, "imported as 'Buddy-Southeast-Asia-NET'"),
@@ -102,6 +102,70 @@ def test_import_turns_a_vnet_sites_address_into_auto(run_cli, tmp_path):
     assert code == 0 and xml.count("<VPNGatewayAddress>5.4.3.2</VPNGatewayAddress>") == 2
     (tmp_path / "w.xml").write_text(xml)
     code, _, err = run_cli("import-netcfg", str(tmp_path / "w.xml"), "-o", str(tmp_path / "w.yaml"))
-    assert code == 0 and "5.4.3.2 is a real address and is not used" in err
+    assert code == 0 and "5.4.3.2 is a real public address and is not used" in err
     plan, _ = parse_plan_text((tmp_path / "w.yaml").read_text(), "w.yaml")
     assert all(s.gateway_ip is None for s in plan.local_sites)
+
+
+PAIR = FIXTURES / "vnet-to-vnet-pair-affinitygroup.xml"
+
+
+def _variant(tmp_path, old: str, new: str, encoding: str = "utf-8"):
+    text = PAIR.read_text(encoding="utf-8-sig")
+    assert old in text
+    path = tmp_path / "netcfg.xml"
+    path.write_bytes(text.replace(old, new).encode(encoding))
+    return path
+
+
+def _line(path, needle: str) -> int:
+    return next(i for i, ln in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1) if needle in ln)
+
+
+def test_duplicate_vnet_names_are_an_error_not_a_merge(run_cli, tmp_path):
+    path = _variant(tmp_path, 'VirtualNetworkSite name="BelleeTech-Internal-130629792808199783"',
+                    'VirtualNetworkSite name="BelleeTech-External-130629793244984632"')
+    code, _, err = run_cli("import-netcfg", str(path))
+    assert code == 2
+    assert "repeats another VirtualNetworkSite" in err
+    second = [i for i, ln in enumerate(path.read_text().splitlines(), 1) if 'VirtualNetworkSite name="BelleeTech-Ext' in ln][1]
+    assert f"netcfg.xml:{second}: error" in err
+
+
+def test_names_colliding_after_cleaning_are_an_error(run_cli, tmp_path):
+    text = PAIR.read_text(encoding="utf-8-sig")
+    text = text.replace('VirtualNetworkSite name="BelleeTech-External-130629793244984632"', 'VirtualNetworkSite name="A B"')
+    text = text.replace('VirtualNetworkSite name="BelleeTech-Internal-130629792808199783"', 'VirtualNetworkSite name="A-B"')
+    path = tmp_path / "netcfg.xml"
+    path.write_text(text)
+    code, _, err = run_cli("import-netcfg", str(path))
+    assert code == 2
+    assert "collides with another VirtualNetworkSite" in err
+
+
+def test_problems_name_the_line_of_their_element(run_cli, tmp_path):
+    path = _variant(tmp_path, "<VPNGatewayAddress>191.239.68.0</VPNGatewayAddress>",
+                    "<VPNGatewayAddress>vpn.example.com</VPNGatewayAddress>")
+    code, _, err = run_cli("import-netcfg", str(path))
+    assert code == 0
+    site_line = _line(path, 'LocalNetworkSite name="BelleeTech-External')
+    vnet_line = _line(path, 'VirtualNetworkSite name="BelleeTech-External')
+    assert site_line != vnet_line
+    assert f"netcfg.xml:{site_line}: warning: LocalNetworkSite[BelleeTech-External-130629793244984632]." \
+           "VPNGatewayAddress: 'vpn.example.com' is not an IPv4 address" in err
+    assert f"netcfg.xml:{vnet_line}: warning: vnets.BelleeTech-External-130629793244984632.gateway_subnet" in err
+    assert "real public address" not in err.split("vpn.example.com")[0].splitlines()[-1]
+
+
+def test_utf16_netcfg_imports(run_cli, tmp_path):
+    path = _variant(tmp_path, 'encoding="utf-8"', 'encoding="utf-16"', encoding="utf-16")
+    code, out, err = run_cli("import-netcfg", str(path))
+    assert code == 0, err
+    assert "BelleeTech-External-130629793244984632" in out
+
+
+def test_undecodable_netcfg_is_refused_clearly(run_cli, tmp_path):
+    path = tmp_path / "latin1.xml"
+    path.write_bytes(PAIR.read_bytes().replace(b"MYLAB", "MYLÄB".encode("latin-1")))
+    code, _, err = run_cli("import-netcfg", str(path))
+    assert code == 2 and "is not UTF-8 text" in err and "Traceback" not in err

@@ -1,6 +1,7 @@
 """Plans: the examples are valid, every bad plan fails with its expected message and exit 2."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -112,11 +113,11 @@ def test_help_teaches(run_cli):
 
 @pytest.mark.parametrize("argv,code,message", [
     (["render", "-o", "/proc/nope/x"], 2, "cannot write the configs"),
-    (["import-netcfg", "/nonexistent.xml"], 2, "cannot read"),
+    (["import-netcfg", "/nonexistent.xml"], 2, "no such netcfg file"),
     (["import-netcfg", "/etc/hostname"], 2, "malformed XML"),
     (["export-netcfg", "/nonexistent.yaml"], 2, "no such plan file"),
     (["export-netcfg", "-o", "/proc/nope/x.xml"], 2, "cannot write"),
-    (["validate", "/etc"], 2, "cannot read the plan"),
+    (["validate", "/etc"], 2, "is a directory; give a plan file"),
     (["graph", "-o", "/tmp/x.pdf"], 2, "give a .svg or .png file"),
     (["up", "--name", "BAD_NAME"], 2, "not a valid lab name"),
     (["demo", "nope"], 2, "invalid choice"),
@@ -134,3 +135,72 @@ def test_lab_commands_without_a_lab_say_so(run_cli, tmp_path, monkeypatch):
                                                                       "--key", "C"], ["exec", "X", "--", "true"]):
         code, _, err = run_cli(*argv)
         assert code == 3 and "no lab is running" in err
+
+
+def _walkthrough(tmp_path, old: str, new: str) -> Path:
+    text = (PLANS / "classic-vnet-to-vnet.yaml").read_text()
+    assert old in text
+    path = tmp_path / "plan.yaml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def test_every_bad_field_of_an_ipsec_block_is_listed(run_cli, tmp_path):
+    path = _walkthrough(tmp_path, "{vnet: TestVNet1, local_site: VNet4Local, shared_key: A1b2C3D4}",
+                        "{vnet: TestVNet1, local_site: VNet4Local, shared_key: A1b2C3D4, ipsec: {suite: gmc, "
+                        "ike_lifetime: 5, esp_proposals: [aes256-shaa1]}}")
+    code, _, err = run_cli("validate", str(path))
+    assert code == 2
+    for fld in ("ipsec.suite", "ipsec.ike_lifetime", "ipsec.esp_proposals"):
+        assert fld in err
+
+
+def test_mirrors_with_different_keys_warn(run_cli, tmp_path):
+    path = _walkthrough(tmp_path, "{vnet: TestVNet4, local_site: VNet1Local, shared_key: A1b2C3D4}",
+                        "{vnet: TestVNet4, local_site: VNet1Local, shared_key: Other1}")
+    code, _, err = run_cli("validate", str(path))
+    assert code == 0
+    assert "differs from the key of TestVNet4's connection" in err
+    assert "A1b2C3D4" not in err and "Other1" not in err
+
+
+def test_proposals_with_nothing_in_common_warn(run_cli, tmp_path):
+    path = _walkthrough(tmp_path, "{vnet: TestVNet4, local_site: VNet1Local, shared_key: A1b2C3D4}",
+                        "{vnet: TestVNet4, local_site: VNet1Local, shared_key: A1b2C3D4, "
+                        "ipsec: {ike_proposals: [aes128-sha512-modp2048]}}")
+    code, _, err = run_cli("validate", str(path))
+    assert code == 0
+    assert "no IKE proposal in common" in err and "ESP" not in err.split("no IKE proposal")[0][-200:]
+
+
+def test_compatible_proposals_written_differently_do_not_warn(run_cli, tmp_path):
+    path = _walkthrough(tmp_path, "{vnet: TestVNet4, local_site: VNet1Local, shared_key: A1b2C3D4}",
+                        "{vnet: TestVNet4, local_site: VNet1Local, shared_key: A1b2C3D4, "
+                        "ipsec: {ike_proposals: [aes128-aes256-sha384-sha1-modp2048-modp1024]}}")
+    code, _, err = run_cli("validate", str(path))
+    assert code == 0 and "in common" not in err
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_bad_plan_is_refused_by_up_before_anything_is_built(path, run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("VNETLAB_STATE_DIR", str(tmp_path / "state"))
+    code, _, err = run_cli("up", str(path))
+    assert code == 2 and expectation(path) in err
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("make, what", [
+    (lambda d: "/dev/zero", "is a device"),
+    (lambda d: (os.mkfifo(d / "fifo"), str(d / "fifo"))[1], "is a FIFO"),
+    (lambda d: str(d), "is a directory"),
+    (lambda d: ((d / "big.yaml").write_bytes(b"#" * 1_000_001), str(d / "big.yaml"))[1], "larger than 1,000,000"),
+])
+def test_input_files_that_are_no_plan_are_refused_at_once(make, what, run_cli, tmp_path):
+    code, _, err = run_cli("validate", make(tmp_path))
+    assert code == 2 and what in err
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "100000"])
+def test_up_timeout_out_of_range_is_refused(value, run_cli):
+    code, _, err = run_cli("up", "--timeout", value)
+    assert code == 2 and "--timeout" in err
