@@ -148,7 +148,7 @@ def verify(args: argparse.Namespace) -> int:
                     "checks": [c.as_dict() for c in checks]})
     else:
         print(table(["check", "proto", "from", "to", "result", "detail"],
-                    [[c.kind, c.proto or "", c.src, c.dst, "pass" if c.ok else "FAIL",
+                    [[c.kind + (f" {c.name}" if c.name else ""), c.proto or "", c.src, c.dst, "pass" if c.ok else "FAIL",
                       (f"{c.mbps:.1f} Mbit/s; " if c.mbps is not None else "") + c.detail] for c in checks]))
         failed = [c for c in checks if not c.ok]
         print(f"\n{len(checks) - len(failed)}/{len(checks)} checks passed"

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+from . import configs_dir
 from . import lab as labmod
 from . import workflow
 from .plan import default_plan_path
@@ -99,7 +99,7 @@ def _psk_mismatch(n: Narrator, name: str, ike: int, plan_path: Path) -> None:
 
 
 def _walkthrough(n: Narrator, name: str) -> None:
-    plan = Path(str(resources.files("emulator.configs") / "plans" / "walkthrough-start.yaml"))
+    plan = configs_dir() / "plans" / "walkthrough-start.yaml"
     n.say("Planning and 'Create virtual networks', 'Configure sites and gateways': TestVNet1 (East US) and "
           "TestVNet4 (West US), each with a GatewaySubnet and a Standard dynamic-routing gateway; each local "
           "site still holds the dummy address 5.4.3.2", "New-AzureVNetGateway -GatewayType DynamicRouting")

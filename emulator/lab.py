@@ -38,6 +38,9 @@ LAB_META = "lab.json"
 CHANGES = "changes.json"
 LIBIPSEC_PLUGIN = Path("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so")
 EVENTS = "events.jsonl"
+# Workers run as `python -m emulator.workers.…` from here, so the installed package is what runs,
+# never an `emulator` folder that happens to be in the caller's working directory.
+WORKER_CWD = "/"
 
 
 @dataclass(frozen=True)
@@ -345,7 +348,7 @@ def _start_monitor(lab: Lab, registry: Registry) -> None:
     argv = [sys.executable, "-m", "emulator.workers.monitor", str(lab.directory),
             *(f"{gw.name}={lab.gw_dir(gw)}" for gw in lab.topology.gateways)]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, cwd=WORKER_CWD)
     registry.adopt_process(proc.pid, "event monitor")
     if proc.stdout.readline().strip() != "ready":
         raise EnvironmentProblem("the event monitor did not start")

@@ -113,12 +113,25 @@ class Connection:
 
 
 @dataclass(frozen=True)
+class UserCheck:
+    """One of the plan's own `tests:`: a probe `verify` runs beside the checks it derives."""
+
+    name: str
+    src: str  # a test host node, e.g. "TestVNet1/default"
+    dst: str  # a test host node, or an IPv4 address
+    proto: str  # icmp | tcp | udp
+    port: int | None  # tcp and udp: the destination host answers on it during verify
+    expect: str  # reach | blocked
+
+
+@dataclass(frozen=True)
 class Plan:
     name: str
     vnets: tuple[VNet, ...]
     local_sites: tuple[LocalSite, ...]
     connections: tuple[Connection, ...] = ()
     source: str = "<plan>"
+    tests: tuple[UserCheck, ...] = ()
 
     def vnet(self, name: str) -> VNet:
         return next(v for v in self.vnets if v.name == name)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from importlib import resources
+from . import configs_dir
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any, Callable
@@ -23,12 +23,13 @@ from .model import (
     SharedKey,
     Sku,
     Subnet,
+    UserCheck,
     VNet,
     default_policy,
 )
 from .inputfile import decode, read_capped
 from .problems import Collector, Problem, connection_label, did_you_mean
-from .rules import check_plan
+from .rules import check_plan, check_user_tests
 from .yamlsource import LineMap, YamlProblem, load_yaml
 
 # Names end up in namespace names, swanctl section names and file names: letters, digits, '-'
@@ -51,7 +52,8 @@ PROPOSAL_TOKENS = {
     "ecp256", "ecp384", "ecp521", "curve25519", "noesn", "esn",
 }
 
-TOP_KEYS = {"lab", "vnets", "local_sites", "connections"}
+TOP_KEYS = {"lab", "vnets", "local_sites", "connections", "tests"}
+TEST_KEYS = {"name", "from", "to", "proto", "port", "expect"}
 VNET_KEYS = {"location", "resource_group", "address_space", "subnets", "gateway_subnet", "gateway", "dns_servers"}
 GATEWAY_KEYS = {"type", "sku"}
 SITE_KEYS = {"address_space", "gateway_ip"}
@@ -61,7 +63,7 @@ SKU_ALIASES = {"Default": Sku.BASIC}  # New-AzureVNetGateway -GatewaySKU Default
 
 
 def default_plan_path() -> Path:
-    return Path(str(resources.files("emulator.configs") / "plans" / "classic-vnet-to-vnet.yaml"))
+    return configs_dir() / "plans" / "classic-vnet-to-vnet.yaml"
 
 
 def read_plan_file(path: str | Path | None) -> tuple[str, str]:
@@ -90,6 +92,8 @@ def parse_plan_data(data: Any, out: Collector) -> tuple[Plan, list[Problem]]:
     plan = _Parser(out).plan(data)
     out.raise_if_errors()
     check_plan(plan, out)
+    out.raise_if_errors()
+    check_user_tests(plan, out)
     out.raise_if_errors()
     return plan, out.warnings
 
@@ -193,8 +197,53 @@ class _Parser:
             self.out.error("plan", "vnets", "missing: a plan needs at least one VNet under 'vnets:'", top.line)
         gw_types = {v.name: v.gateway.type for v in vnets if v.gateway}
         conns = self.connections(top.get("connections"), top.line_of("connections"), gw_types)
+        tests = self.user_tests(top.get("tests"), top.line_of("tests"))
         return Plan(name=name, vnets=tuple(vnets), local_sites=tuple(sites), connections=tuple(conns),
-                    source=self.out.source)
+                    source=self.out.source, tests=tuple(tests))
+
+    def user_tests(self, value: Any, line: int | None) -> list[UserCheck]:
+        """The plan's own connectivity checks; whether `from`/`to` name real nodes is checked
+        against the topology afterwards (rules.check_user_tests)."""
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.out.error("plan", "tests", f"must be a list of checks, not {_kind(value)}", line)
+            return []
+        result, names = [], set()
+        for i, raw in enumerate(value):
+            obj = f"tests[{i}]" + (f" ({raw['name']})" if isinstance(raw, dict) and isinstance(raw.get("name"), str)
+                                   else "")
+            f = self.mapping(raw, obj, "", line, TEST_KEYS)
+            if f is None:
+                continue
+            name = self.name(f.get("name"), obj, "name", f.line_of("name"))
+            if name in names:
+                self.out.error(obj, "name", f"duplicate: another test is named '{name}'", f.line_of("name"))
+            names.add(name)
+            ends = []
+            for key, example in (("from", "TestVNet1/default"), ("to", "TestVNet4/default or 10.41.0.4")):
+                end = f.get(key)
+                if not isinstance(end, str) or not end:
+                    self.out.error(obj, key, f"missing: name a test host node, e.g. {example}", f.line_of(key) or f.line)
+                ends.append(end)
+            proto = self.choice(f.get("proto", "icmp"), obj, "proto", f.line_of("proto"),
+                                {"icmp": "icmp", "tcp": "tcp", "udp": "udp"})
+            expect = self.choice(f.get("expect", "reach"), obj, "expect", f.line_of("expect"),
+                                 {"reach": "reach", "blocked": "blocked"})
+            port = None
+            if proto in ("tcp", "udp"):
+                if "port" not in f:
+                    self.out.error(obj, "port", f"missing: a {proto} check needs the destination port, 1-65535",
+                                   f.line)
+                else:
+                    port = self.integer(f["port"], obj, "port", f.line_of("port"), 1, 65535)
+            elif "port" in f and proto == "icmp":
+                self.out.error(obj, "port", "an icmp check has no port; remove it, or use proto: tcp or udp",
+                               f.line_of("port"))
+            if name and all(isinstance(e, str) and e for e in ends) and proto and expect and (
+                    proto == "icmp" or port is not None):
+                result.append(UserCheck(name, ends[0], ends[1], proto, port, expect))
+        return result
 
     def named_objects(self, top: LineMap, key: str, build: Callable[[str, LineMap, str], Any]) -> list[Any]:
         section = self.mapping(top.get(key), "plan", key, top.line_of(key), None)

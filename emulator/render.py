@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jinja2
 
+from . import configs_dir
 from .topology import GatewayNode, Topology
 
 DATAPLANES = ("kernel", "libipsec")
@@ -34,7 +35,7 @@ def _conf(value: object) -> str:
 
 
 _env = jinja2.Environment(
-    loader=jinja2.PackageLoader("emulator.configs", "templates"),
+    loader=jinja2.FileSystemLoader(configs_dir() / "templates"),
     undefined=jinja2.StrictUndefined,
     autoescape=False,  # noqa: S701 - not HTML; values are guarded by the conf filter
     keep_trailing_newline=True,

@@ -96,7 +96,7 @@ def write_junit(path: Path, suite: str, checks) -> None:
     root = Element("testsuite", {"name": f"vnetlab verify {suite}", "tests": str(len(checks)),
                                  "failures": str(len(failures))})
     for c in checks:
-        name = f"{c.kind}{'/' + c.proto if c.proto else ''} {c.src} -> {c.dst}"
+        name = f"{c.kind}{' ' + c.name if c.name else ''}{'/' + c.proto if c.proto else ''} {c.src} -> {c.dst}"
         case = SubElement(root, "testcase", {"classname": f"vnetlab.{c.kind}", "name": name})
         if not c.ok:
             SubElement(case, "failure", {"message": c.detail}).text = c.detail

@@ -7,12 +7,12 @@ question is whether the whole plan is one the classic platform would have accept
 from __future__ import annotations
 
 from collections import defaultdict
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, ip_address
 from itertools import combinations
 
 from .model import Connection, GatewayType, LocalSite, Plan, VNet
 from .problems import Collector, connection_label, did_you_mean
-from .topology import PUBLIC_RANGES, vnet_links
+from .topology import PUBLIC_RANGES, build_topology, vnet_links
 
 MAX_VNETS = 1000  # what one 2-core machine with 24 GB holds (public links: topology.MAX_GATEWAYS)
 MAX_ONPREM_SITES = 1000
@@ -289,3 +289,24 @@ def proposals_intersect(ours: tuple[str, ...], theirs: tuple[str, ...]) -> bool:
                    for k in ("encryption", "integrity", "dh")) and (
             not a.get("prf") or not b.get("prf") or bool(a["prf"] & b["prf"]))
     return any(agree(_algorithms(p), _algorithms(q)) for p in ours for q in theirs)
+
+
+def check_user_tests(plan: Plan, out: Collector) -> None:
+    """The plan's `tests:` name real test hosts (`from`), and hosts or IPv4 addresses (`to`)."""
+    if not plan.tests:
+        return
+    hosts = [h.node for h in build_topology(plan).hosts]
+    shown = ", ".join(hosts[:12]) + (", …" if len(hosts) > 12 else "")
+    for i, test in enumerate(plan.tests):
+        obj = f"tests[{i}] ({test.name})"
+        if test.src not in hosts:
+            out.error(obj, "from", f"'{test.src}' is no test host of this plan{did_you_mean(test.src, hosts)}; "
+                      f"test hosts: {shown}")
+        if test.dst not in hosts:
+            try:
+                ok = ip_address(test.dst).version == 4
+            except ValueError:
+                ok = False
+            if not ok:
+                out.error(obj, "to", f"'{test.dst}' is neither a test host of this plan nor an IPv4 address"
+                          f"{did_you_mean(test.dst, hosts)}; test hosts: {shown}")

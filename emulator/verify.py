@@ -20,26 +20,29 @@ import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from netns.registry import Registry
 
-from .lab import Lab
+from .lab import WORKER_CWD, Lab
 from .problems import EnvironmentProblem, UsageError
 from .status import ConnectionStatus, collect, expected_up
 from .topology import Host
+from .workers.responder import PORT as RESPONDER_PORT
 
 PROTOS = ("icmp", "tcp", "udp")
 
 
 @dataclass(frozen=True)
 class Check:
-    kind: str  # reach | isolation | esp | throughput
+    kind: str  # reach | isolation | esp | throughput | test (the plan's own tests:)
     src: str
     dst: str
     ok: bool
     detail: str
     proto: str | None = None
+    name: str | None = None  # a plan test's name
     mbps: float | None = None  # throughput: TCP goodput
     wire_mbps: float | None = None  # throughput: rate on the sending gateway's backbone link
 
@@ -52,9 +55,11 @@ class Probe:
     id: str
     proto: str
     src: Host
-    dst: Host
+    dst: Host  # for a plan test to an address outside the lab's hosts: netns is ""
     expect_reply: bool
     cause: str  # what to blame when a reach probe fails
+    port: int = RESPONDER_PORT
+    test: str | None = None  # the plan test this probe runs
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,19 @@ def plan_probes(lab: Lab, pairs: list[Pair]) -> list[Probe]:
     return probes
 
 
+def user_probes(lab: Lab, start: int) -> list[Probe]:
+    """The plan's own tests: as probes, numbered after the derived ones."""
+    hosts = {h.node: h for h in lab.topology.hosts}
+    by_address = {str(h.address): h for h in lab.topology.hosts}
+    probes = []
+    for test in lab.plan.tests:
+        dst = hosts.get(test.dst) or by_address.get(test.dst) or Host(
+            test.dst, "", "", IPv4Address(test.dst), IPv4Network(f"{test.dst}/32"))
+        probes.append(Probe(f"p{start + len(probes)}", test.proto, hosts[test.src], dst, test.expect == "reach",
+                            "", test.port or RESPONDER_PORT, test.name))
+    return probes
+
+
 def _python_in(ns: str, module: str, *args: str) -> list[str]:
     return ["ip", "netns", "exec", ns, sys.executable, "-m", module, *args]
 
@@ -136,7 +154,7 @@ class _Workers:
 
     def start(self, argv: list[str], what: str, stdin: bool = True) -> subprocess.Popen:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=WORKER_CWD)
         self.registry.adopt_process(proc.pid, what)
         self.procs.append(proc)
         return proc
@@ -167,8 +185,12 @@ def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: fl
                  if v.ns_a == lab.topology.backbone and v.ns_b == gw.netns]
         capture = workers.start(_python_in(lab.topology.backbone, "emulator.workers.capture", *links),
                                 "backbone capture")
-        responders = [workers.start(_python_in(ns, "emulator.workers.responder"), f"responder {ns}", stdin=False)
-                      for ns in sorted({p.dst.netns for p in probes})]
+        ports: dict[str, set[int]] = defaultdict(set)
+        for p in probes:
+            if p.dst.netns:
+                ports[p.dst.netns].add(p.port)
+        responders = [workers.start(_python_in(ns, "emulator.workers.responder", *map(str, sorted(ports[ns]))),
+                                    f"responder {ns}", stdin=False) for ns in sorted(ports)]
         _wait_ready(capture, "the backbone capture")
         for proc in responders:
             _wait_ready(proc, "a probe responder")
@@ -179,7 +201,7 @@ def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: fl
         def send(ns: str) -> list[str]:
             req = {"timeout": timeout, "iface": "eth0", "probes": [
                 {"id": p.id, "proto": p.proto, "src": str(p.src.address), "dst": str(p.dst.address),
-                 "nonce": nonces[p.id]} for p in by_src[ns]]}
+                 "port": p.port, "nonce": nonces[p.id]} for p in by_src[ns]]}
             proc = workers.start(_python_in(ns, "emulator.workers.prober"), f"prober {ns}")
             out, err = proc.communicate(json.dumps(req), timeout=timeout + 30)
             if proc.returncode != 0:
@@ -226,13 +248,21 @@ def verify(lab: Lab, pcap_dir: Path | None = None, timeout: float = 1.5, through
            duration: float = 3.0) -> list[Check]:
     statuses = collect(lab)
     pairs = network_pairs(lab, statuses)
-    probes = plan_probes(lab, pairs)
+    derived = plan_probes(lab, pairs)
+    probes = derived + user_probes(lab, len(derived))
     answered, verdict = run_probes(lab, probes, pcap_dir, timeout)
     checks = []
     for p in probes:
         got = p.id in answered
-        src, dst = f"{p.src.node} ({p.src.address})", f"{p.dst.node} ({p.dst.address})"
-        if p.expect_reply:
+        src = f"{p.src.node} ({p.src.address})"
+        dst = f"{p.dst.node} ({p.dst.address})" if p.dst.netns else str(p.dst.address)
+        if p.test is not None:
+            expected = "reach" if p.expect_reply else "blocked"
+            seen = "answered" if got else "no answer"
+            checks.append(Check("test", src, dst, got == p.expect_reply,
+                                f"{p.test}: expected {expected}, {seen}" + (f" on port {p.port}" if p.proto != "icmp"
+                                                                             else ""), p.proto, name=p.test))
+        elif p.expect_reply:
             detail = "answered, nonce returned" if got else (
                 f"no answer: {p.cause}" if p.cause else "no answer although the connection is Connected "
                 "(fail-closed drop or no route)")

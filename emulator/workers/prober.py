@@ -36,14 +36,14 @@ def build(probe: dict) -> tuple[object, object]:
                     and bytes(p[ICMP].payload) == nonce)
     elif probe["proto"] == "udp":
         sport = random.randrange(20000, 60000)
-        pkt = IP(src=src, dst=dst) / UDP(sport=sport, dport=RESPONDER_PORT) / Raw(nonce)
+        pkt = IP(src=src, dst=dst) / UDP(sport=sport, dport=probe.get("port", RESPONDER_PORT)) / Raw(nonce)
 
         def match(p):
             return UDP in p and p[IP].src == dst and p[UDP].dport == sport and bytes(p[UDP].payload) == nonce
     else:
         sport = random.randrange(20000, 60000)
         isn = int.from_bytes(nonce[:4], "big")
-        pkt = IP(src=src, dst=dst) / TCP(sport=sport, dport=RESPONDER_PORT, flags="S", seq=isn) / Raw(nonce)
+        pkt = IP(src=src, dst=dst) / TCP(sport=sport, dport=probe.get("port", RESPONDER_PORT), flags="S", seq=isn) / Raw(nonce)
 
         def match(p):  # the kernel acknowledges the SYN, not the data it carried (no TCP Fast Open)
             return (TCP in p and p[IP].src == dst and p[TCP].dport == sport and p[TCP].flags.S

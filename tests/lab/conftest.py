@@ -44,14 +44,21 @@ def dataplane(request, supported):
     return request.param
 
 
+VNETLAB = Path(sys.executable).parent / "vnetlab"  # the console script of the installed package
+
+
 class LabRunner:
+    """Runs the CLI as users do: the installed `vnetlab`, from a directory outside the source tree."""
+
     def __init__(self, state: Path):
         self.state = state
+        self.cwd = state.parent
         self.env = {**os.environ, "VNETLAB_STATE_DIR": str(state)}
+        self.env.pop("PYTHONPATH", None)
 
-    def cli(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "emulator", *argv], env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+    def cli(self, *argv: str, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(VNETLAB), *argv], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, cwd=self.cwd, input=input)
 
     def status(self, name: str) -> dict:
         res = self.cli("status", "--name", name, "--json")

@@ -30,10 +30,13 @@ def test_default_plan_verifies_with_esp_and_pcap(lab, tmp_path, dataplane):
     (esp,) = [c for c in data["checks"] if c["kind"] == "esp"]
     assert esp["ok"] and not esp["detail"].startswith("0 ESP")
     pcaps = sorted((tmp_path / "pcap").glob("*.pcap"))
-    assert [p.name for p in pcaps] == ["g0.pcap", "g1.pcap"]
+    assert [p.name for p in pcaps] == ["TestVNet1.pcap", "TestVNet4.pcap"]  # named after the gateways
     dump = subprocess.run(["tcpdump", "-nr", str(pcaps[0])], capture_output=True, text=True)
     # raw ESP (IP protocol 50) on the kernel data plane; ESP in UDP 4500 on libipsec
     assert dump.returncode == 0 and ("ESP(spi" in dump.stdout or "UDP-encap" in dump.stdout), dump.stdout[:500]
+    # every ESP packet between the two gateways crosses both backbone links: counted once, not twice
+    on_one_link = sum("ESP(spi" in line for line in dump.stdout.splitlines())
+    assert esp["detail"].startswith(f"{on_one_link} ESP packets"), (esp["detail"], on_one_link)
     suite = ElementTree.parse(tmp_path / "j.xml").getroot()
     assert suite.get("failures") == "0" and int(suite.get("tests")) == len(data["checks"])
 

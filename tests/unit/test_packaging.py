@@ -1,0 +1,36 @@
+"""What pip installs is what runs: every package folder is in the wheel, and the venv's vnetlab
+is an installed package, not the checkout (an editable install hides a missing module)."""
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def test_every_package_folder_is_listed():
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapped = {v: k for k, v in cfg.get("package-dir", {}).items()}
+    found = set()
+    for init in ROOT.glob("*/**/__init__.py"):
+        rel = init.parent.relative_to(ROOT)
+        if rel.parts[0] in ("tests", "build") or rel.parts[0].startswith("."):
+            continue
+        top = mapped.get(rel.parts[0], rel.parts[0])
+        found.add(".".join((top, *rel.parts[1:])))
+    assert found <= set(cfg["packages"]), f"not in pyproject's packages: {sorted(found - set(cfg['packages']))}"
+
+
+def test_the_venv_runs_the_installed_package_not_the_checkout(tmp_path):
+    vnetlab = Path(sys.executable).parent / "vnetlab"
+    assert vnetlab.exists(), "make venv installs vnetlab into the venv"
+    code = "import emulator, emulator.workers.monitor, emulator.workers.prober; print(emulator.__file__)"
+    where = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                           env={"PATH": "/usr/bin:/bin"})
+    assert where.returncode == 0, where.stderr
+    imported = Path(where.stdout.strip())
+    assert "site-packages" in imported.parts and imported.parent != ROOT / "emulator", \
+        f"emulator imported from the checkout, not the installed package: {imported}"
+    shipped = subprocess.run([str(vnetlab), "validate"], cwd=tmp_path, capture_output=True, text=True)
+    assert shipped.returncode == 0, shipped.stderr  # the default plan is packaged data
