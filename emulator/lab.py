@@ -261,14 +261,17 @@ def _build_network(topo: Topology, registry: Registry) -> None:
         with ops.Namespace(ns) as n:
             for veth in topo.veths:
                 if veth.ns_a == ns:
-                    n.add_veth(veth.if_a, veth.ns_b, veth.if_b)
-            ends = [(v.if_a, v.addr_a) for v in topo.veths if v.ns_a == ns]
-            ends += [(v.if_b, v.addr_b) for v in topo.veths if v.ns_b == ns]
+                    n.add_veth(veth.if_a, veth.mac_a, veth.ns_b, veth.if_b, veth.mac_b)
+            mine = [(v.if_a, v.addr_a, v.addr_b.ip, v.mac_b) for v in topo.veths if v.ns_a == ns]
+            mine += [(v.if_b, v.addr_b, v.addr_a.ip, v.mac_a) for v in topo.veths if v.ns_b == ns]
+            ends = [(ifname, addr) for ifname, addr, _ip, _mac in mine]
             ends += [("lo", addr) for lo_ns, addr in topo.lo_addresses if lo_ns == ns]
             for ifname, addr in ends:
                 n.add_address(ifname, addr)
             for ifname in {"lo", *(ifname for ifname, _ in ends)}:
                 n.up(ifname)
+            for ifname, _addr, peer_ip, peer_mac in mine:
+                n.add_neighbour(ifname, peer_ip, peer_mac)
             for route in topo.routes:
                 if route.ns == ns:
                     n.add_route(route.dst, route.via, route.prohibit)

@@ -15,6 +15,7 @@ the lab's namespaces and never exist in the host namespace, so short names canno
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
@@ -39,6 +40,20 @@ class Veth:
     ns_b: str
     if_b: str
     addr_b: IPv4Interface
+
+    @property
+    def mac_a(self) -> str:
+        return _mac(self.ns_a, self.if_a)
+
+    @property
+    def mac_b(self) -> str:
+        return _mac(self.ns_b, self.if_b)
+
+
+def _mac(ns: str, ifname: str) -> str:
+    """A fixed, locally administered MAC per interface: each link end knows its peer's without ARP."""
+    digest = hashlib.blake2b(f"{ns}/{ifname}".encode(), digest_size=5).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest))
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,13 @@ Checks derived from the plan and the connection states:
 - reach: for every pair of networks the plan connects (both ends keyed, peer in the lab), in both
   directions, from a test host in every address space to a host in every address space on the
   other side: ICMP echo, a TCP handshake and a UDP exchange, each carrying a random nonce;
-- isolation: every other pair of networks must not answer;
+- isolation: every other pair of networks must not answer (one check per source host, covering
+  every network it must not reach);
 - esp: while probes run, the backbone carries only IKE and ESP, no lab address in clear, and no
   probe nonce in any payload;
 - throughput (on request): iperf3 through each connected pair, and over a bare backbone veth.
-One scapy worker per source namespace sends all of that namespace's probes at once.
+- the plan's own `tests:`.
+One probe engine process (workers/prober.py) sends every probe of the lab and answers them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import secrets
 import subprocess
 import sys
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -29,9 +30,9 @@ from .lab import WORKER_CWD, Lab
 from .problems import EnvironmentProblem, UsageError
 from .status import ConnectionStatus, collect, expected_up
 from .topology import Host
-from .workers.responder import PORT as RESPONDER_PORT
 
 PROTOS = ("icmp", "tcp", "udp")
+RESPONDER_PORT = 7777  # where every test host answers the derived TCP and UDP probes
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Check:
     detail: str
     proto: str | None = None
     name: str | None = None  # a plan test's name
+    covers: tuple[str, ...] | None = None  # isolation: every network its probes went to
     mbps: float | None = None  # throughput: TCP goodput
     wire_mbps: float | None = None  # throughput: rate on the sending gateway's backbone link
 
@@ -114,16 +116,22 @@ def _hosts_by_space(lab: Lab, network: str) -> list[Host]:
 
 
 def plan_probes(lab: Lab, pairs: list[Pair]) -> list[Probe]:
+    """Reach: every address space to every address space, ICMP, TCP and UDP. Isolation: one ICMP
+    echo from the first host of each network to the first host of each network it must not reach.
+    The lab isolates by routes (fail-closed, no route to a network without a tunnel), and routes do
+    not look at protocols: what proves a network unreachable for one protocol proves it for all."""
+    hosts = {n: _hosts_by_space(lab, n) for n in dict.fromkeys(h.owner for h in lab.topology.hosts)}
     probes = []
     for pair in pairs:
         for a, b in ((pair.a, pair.b), (pair.b, pair.a)):
-            srcs, dsts = _hosts_by_space(lab, a), _hosts_by_space(lab, b)
-            if not pair.intended:  # isolation: one host each way is enough to show a leak
-                srcs, dsts = srcs[:1], dsts[:1]
-            for src in srcs:
-                for dst in dsts:
+            if not pair.intended:
+                if hosts[a] and hosts[b]:
+                    probes.append(Probe(f"p{len(probes)}", "icmp", hosts[a][0], hosts[b][0], False, ""))
+                continue
+            for src in hosts[a]:
+                for dst in hosts[b]:
                     for proto in PROTOS:
-                        probes.append(Probe(f"p{len(probes)}", proto, src, dst, pair.intended, pair.cause))
+                        probes.append(Probe(f"p{len(probes)}", proto, src, dst, True, pair.cause))
     return probes
 
 
@@ -177,40 +185,50 @@ def _wait_ready(proc: subprocess.Popen, what: str) -> None:
         raise EnvironmentProblem(f"{what} did not start: {line.strip()} {proc.stderr.read()[-500:]}")
 
 
-def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: float) -> tuple[set[str], dict]:
-    """Send every probe, capturing the backbone meanwhile: (answered probe ids, capture verdict)."""
+@dataclass(frozen=True)
+class ProbeRun:
+    """What the probe engine and the backbone capture saw."""
+
+    answered: set[str]
+    refused: dict[str, str]  # probe id -> where it was refused (an ICMP error or a reset quoting it)
+    drops: dict[str, int]  # namespace -> packets its receive sockets dropped (then no verdict is trusted)
+    unresolved: list[str]  # namespaces whose router did not answer the warm-up echo
+    verdict: dict  # the backbone capture's
+
+
+
+
+def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: float) -> ProbeRun:
+    """Send every probe from one engine process (workers/prober.py), capturing the backbone meanwhile."""
     workers = _Workers(lab)
     try:
         links = [f"{v.if_a}={gw.name}={v.addr_b.ip}" for gw in lab.topology.gateways for v in lab.topology.veths
                  if v.ns_a == lab.topology.backbone and v.ns_b == gw.netns]
         capture = workers.start(_python_in(lab.topology.backbone, "emulator.workers.capture", *links),
                                 "backbone capture")
-        ports: dict[str, set[int]] = defaultdict(set)
-        for p in probes:
-            if p.dst.netns:
-                ports[p.dst.netns].add(p.port)
-        responders = [workers.start(_python_in(ns, "emulator.workers.responder", *map(str, sorted(ports[ns]))),
-                                    f"responder {ns}", stdin=False) for ns in sorted(ports)]
         _wait_ready(capture, "the backbone capture")
-        for proc in responders:
-            _wait_ready(proc, "a probe responder")
-        by_src: dict[str, list[Probe]] = defaultdict(list)
+        routers = {r.ns: str(r.via) for r in lab.topology.routes if r.dst.prefixlen == 0 and r.via}
+        hosts: dict[str, dict] = {}
         for p in probes:
-            by_src[p.src.netns].append(p)
-
-        def send(ns: str) -> list[str]:
-            req = {"timeout": timeout, "iface": "eth0", "probes": [
-                {"id": p.id, "proto": p.proto, "src": str(p.src.address), "dst": str(p.dst.address),
-                 "port": p.port, "nonce": nonces[p.id]} for p in by_src[ns]]}
-            proc = workers.start(_python_in(ns, "emulator.workers.prober"), f"prober {ns}")
-            out, err = proc.communicate(json.dumps(req), timeout=timeout + 30)
-            if proc.returncode != 0:
-                raise EnvironmentProblem(f"probe worker in {ns} failed: {err[-500:]}")
-            return json.loads(out)["answered"]
-
-        nonces = {p.id: secrets.token_hex(16) for p in probes}
-        with ThreadPoolExecutor(max_workers=max(1, min(16, len(by_src)))) as pool:
-            answered = {pid for ids in pool.map(send, by_src) for pid in ids}
+            for h in (p.src, p.dst):
+                if h.netns:
+                    hosts.setdefault(h.netns, {"ns": h.netns, "address": str(h.address),
+                                               "router": routers.get(h.netns), "ports": set()})
+            if p.dst.netns:
+                hosts[p.dst.netns]["ports"].add(p.port)
+        # a nonce per reach probe; the isolation probes of one host share one (they differ by destination)
+        shared = {ns: secrets.token_hex(16) for ns in {p.src.netns for p in probes}}
+        nonces = {p.id: secrets.token_hex(16) if p.expect_reply or p.test else shared[p.src.netns] for p in probes}
+        request = {"timeout": timeout,
+                   "hosts": [{**h, "ports": sorted(h["ports"])} for h in hosts.values()],
+                   "probes": [{"id": p.id, "ns": p.src.netns, "proto": p.proto, "src": str(p.src.address),
+                               "dst": str(p.dst.address), "port": p.port, "nonce": nonces[p.id],
+                               "expect_reply": p.expect_reply} for p in probes]}
+        engine = workers.start([sys.executable, "-m", "emulator.workers.prober"], "probe engine")
+        out, err = engine.communicate(json.dumps(request), timeout=timeout + 60 + len(probes) / 500)
+        if engine.returncode != 0:
+            raise EnvironmentProblem(f"the probe engine failed: {err[-800:]}")
+        result = json.loads(out)
         private = sorted({str(n) for v in lab.plan.vnets for n in v.address_space}
                          | {str(n) for s in lab.plan.local_sites for n in s.address_space})
         if pcap_dir is not None:
@@ -218,14 +236,46 @@ def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: fl
                 pcap_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise UsageError(f"--pcap {pcap_dir}: cannot create: {exc.strerror or exc}") from None
-        out, err = capture.communicate(json.dumps({"nonces": list(nonces.values()), "private": private,
+        out, err = capture.communicate(json.dumps({"nonces": sorted(set(nonces.values())), "private": private,
                                                    "pcap_dir": str(pcap_dir.resolve()) if pcap_dir else None}) + "\n",
                                        timeout=60)
         if capture.returncode != 0:
             raise EnvironmentProblem(f"backbone capture failed: {err[-500:]}")
-        return answered, json.loads(out)
+        return ProbeRun(set(result["answered"]), result["refused"], result["drops"], result["unresolved"],
+                        json.loads(out))
     finally:
         workers.stop_all()
+
+
+def _counter_deltas(lab: Lab, before: list[ConnectionStatus], after: list[ConnectionStatus]) -> dict[frozenset, str]:
+    """Per pair of networks, how each tunnel end's byte counters moved while the probes ran: which
+    side sent into the tunnel and which side received tells the hop that lost a probe."""
+    old = {(s.gateway, s.local_site): s for s in before}
+    found: dict[frozenset, list[str]] = defaultdict(list)
+    for s in after:
+        site_vnet = lab.plan.vnet_of_site(lab.plan.site(s.local_site)) if s.gateway != s.local_site else None
+        peer = s.vnet if s.gateway == s.local_site else (site_vnet.name if site_vnet else s.local_site)
+        o = old.get((s.gateway, s.local_site))
+        if o is None:
+            continue
+        out, inn = s.egress_bytes - o.egress_bytes, s.ingress_bytes - o.ingress_bytes
+        found[frozenset((s.gateway, peer))].append(
+            f"{s.gateway} -> {s.local_site} {s.connectivity_state}, sent {out:+d} B, received {inn:+d} B")
+    return {k: "; tunnel counters during the probes: " + "; ".join(v) for k, v in found.items()}
+
+
+def _lost(p: Probe, run: ProbeRun) -> str:
+    """Why a reach probe got no answer, naming the hop where that is known."""
+    if p.src.netns in run.drops or p.dst.netns in run.drops:
+        ns = p.src.netns if p.src.netns in run.drops else p.dst.netns
+        return f"no verdict: the probe engine's sockets in {ns} dropped {run.drops[ns]} packet(s) (local overload)"
+    if p.src.netns in run.unresolved:
+        return f"no answer: {p.src.node} could not reach its own router (neighbour unresolved)"
+    if p.id in run.refused:
+        return f"no answer: refused, {run.refused[p.id]}" + (f"; {p.cause}" if p.cause else "")
+    if p.cause:
+        return f"no answer: {p.cause}"
+    return "no answer although the connection is Connected (fail-closed drop or no route)"
 
 
 def esp_check(verdict: dict, probes_answered: int) -> Check:
@@ -250,28 +300,39 @@ def verify(lab: Lab, pcap_dir: Path | None = None, timeout: float = 1.5, through
     pairs = network_pairs(lab, statuses)
     derived = plan_probes(lab, pairs)
     probes = derived + user_probes(lab, len(derived))
-    answered, verdict = run_probes(lab, probes, pcap_dir, timeout)
+    run = run_probes(lab, probes, pcap_dir, timeout)
+    answered = run.answered
     checks = []
+    isolated: dict[Host, list[Probe]] = defaultdict(list)
+    counters: dict[frozenset, str] = {}  # read only when a reach probe failed
     for p in probes:
         got = p.id in answered
         src = f"{p.src.node} ({p.src.address})"
         dst = f"{p.dst.node} ({p.dst.address})" if p.dst.netns else str(p.dst.address)
         if p.test is not None:
             expected = "reach" if p.expect_reply else "blocked"
-            seen = "answered" if got else "no answer"
+            seen = "answered" if got else ("no answer" + (f" ({run.refused[p.id]})" if p.id in run.refused else ""))
             checks.append(Check("test", src, dst, got == p.expect_reply,
                                 f"{p.test}: expected {expected}, {seen}" + (f" on port {p.port}" if p.proto != "icmp"
                                                                              else ""), p.proto, name=p.test))
         elif p.expect_reply:
-            detail = "answered, nonce returned" if got else (
-                f"no answer: {p.cause}" if p.cause else "no answer although the connection is Connected "
-                "(fail-closed drop or no route)")
+            detail = "answered, nonce returned"
+            if not got:
+                counters = counters or _counter_deltas(lab, statuses, collect(lab, with_reasons=False))
+                detail = _lost(p, run) + counters.get(frozenset((p.src.owner, p.dst.owner)), "")
             checks.append(Check("reach", src, dst, got, detail, p.proto))
         else:
-            detail = ("answered although the plan does not connect these networks: leak or transit"
-                      if got else "no answer, as the plan says")
-            checks.append(Check("isolation", src, dst, not got, detail, p.proto))
-    checks.append(esp_check(verdict, len(answered)))
+            isolated[p.src].append(p)
+    for host, mine in isolated.items():  # isolation, proven per source: every network it must not reach
+        networks = tuple(dict.fromkeys(p.dst.owner for p in mine))
+        leaks = [f"{p.dst.node} ({p.proto})" for p in mine if p.id in answered]
+        protos = ", ".join(dict.fromkeys(p.proto for p in mine))
+        detail = (f"answered although the plan does not connect these networks (leak or transit): {', '.join(leaks)}"
+                  if leaks else f"no answer from any of {len(networks)} network(s) the plan does not connect, as it "
+                  f"says ({len(mine)} probes: {protos})")
+        shown = ", ".join(networks) if len(networks) <= 3 else f"{len(networks)} networks not connected to {host.owner}"
+        checks.append(Check("isolation", f"{host.node} ({host.address})", shown, not leaks, detail, covers=networks))
+    checks.append(esp_check(run.verdict, len(answered)))
     if throughput:
         checks.extend(throughput_checks(lab, pairs, statuses, duration))
     return checks

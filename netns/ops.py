@@ -13,6 +13,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 NETNS_DIR = Path("/run/netns")
+NUD_PERMANENT = 0x80
 
 
 def exists(name: str) -> bool:
@@ -48,8 +49,15 @@ class Namespace:
             raise LookupError(f"no interface {ifname} in namespace {self.name}")
         return found[0]
 
-    def add_veth(self, ifname: str, peer_ns: str, peer_ifname: str) -> None:
-        self.ipr.link("add", ifname=ifname, kind="veth", peer={"ifname": peer_ifname, "net_ns_fd": peer_ns})
+    def add_veth(self, ifname: str, mac: str, peer_ns: str, peer_ifname: str, peer_mac: str) -> None:
+        self.ipr.link("add", ifname=ifname, kind="veth", address=mac,
+                      peer={"ifname": peer_ifname, "net_ns_fd": peer_ns, "address": peer_mac})
+
+    def add_neighbour(self, ifname: str, ip: IPv4Address, mac: str) -> None:
+        """A permanent neighbour entry. The kernel's neighbour table is one for all namespaces, and
+        its garbage-collection limit (gc_thresh3, 1024 by default) counts every dynamic entry of
+        every namespace: a 300-VNet lab overflows it. Permanent entries are exempt (Linux >= 4.20)."""
+        self.ipr.neigh("replace", dst=str(ip), lladdr=mac, ifindex=self.index(ifname), state=NUD_PERMANENT)
 
     def up(self, ifname: str) -> None:
         self.ipr.link("set", index=self.index(ifname), state="up")

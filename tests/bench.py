@@ -15,19 +15,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def generated_plan(lab: str, n: int, links: list[tuple[int, int]]) -> str:
-    """n VNets (10.<100+i>.0.0/16), a local site for each, and both connections of every link."""
+    """n VNets, a local site for each, and both connections of every link. VNet i has one /24,
+    10.<100 + i // 256>.<i % 256>.0/24: a subnet 'default' (/25) and a GatewaySubnet (/27)."""
     lines = [f"lab: {lab}", "vnets:"]
     for i in range(n):
-        lines += [f"  V{i}:", "    location: East US", f"    address_space: [10.{100 + i}.0.0/16]",
-                  f"    subnets: {{default: 10.{100 + i}.0.0/24}}", f"    gateway_subnet: 10.{100 + i}.255.0/27",
+        net = f"10.{100 + i // 256}.{i % 256}"
+        lines += [f"  V{i}:", "    location: East US", f"    address_space: [{net}.0/24]",
+                  f"    subnets: {{default: {net}.0/25}}", f"    gateway_subnet: {net}.224/27",
                   "    gateway: {type: DynamicRouting, sku: Standard}"]
     lines.append("local_sites:")
-    lines += [f"  S{i}: {{address_space: [10.{100 + i}.0.0/16]}}" for i in range(n)]
+    lines += [f"  S{i}: {{address_space: [10.{100 + i // 256}.{i % 256}.0/24]}}" for i in range(n)]
     lines.append("connections:")
     for i, j in links:
         lines += [f"  - {{vnet: V{i}, local_site: S{j}, shared_key: Bench{i}x{j}}}",
                   f"  - {{vnet: V{j}, local_site: S{i}, shared_key: Bench{i}x{j}}}"]
     return "\n".join(lines) + "\n"
+
+
+def ring(n: int) -> str:
+    return generated_plan(f"bench-ring{n}", n, [(i, (i + 1) % n) for i in range(n)])
 
 
 def mesh(n: int) -> str:
@@ -38,14 +44,17 @@ def chain(n: int) -> str:
     return generated_plan("bench-chain", n, [(i, i + 1) for i in range(n - 1)])
 
 
+VNETLAB = str(Path(sys.executable).parent / "vnetlab")  # the installed CLI, run outside the checkout
+
+
 def run(*argv: str) -> float:
     return run_json(*argv)[0]
 
 
-def run_json(*argv: str) -> tuple[float, dict]:
+def run_json(*argv: str, allow_check_failure: bool = False) -> tuple[float, dict]:
     start = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "emulator", *argv], capture_output=True, text=True)
-    if res.returncode != 0:
+    res = subprocess.run([VNETLAB, *argv], capture_output=True, text=True, cwd="/")
+    if res.returncode != 0 and not (allow_check_failure and res.returncode == 1):
         raise SystemExit(f"vnetlab {' '.join(argv)} failed ({res.returncode}):\n{res.stderr}{res.stdout[-2000:]}")
     return time.monotonic() - start, (json.loads(res.stdout) if "--json" in argv else {})
 
@@ -54,6 +63,26 @@ def plan_file(text: str) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         fh.write(text)
     return fh.name
+
+
+def mem_available_mb() -> float:
+    line = next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemAvailable"))
+    return int(line.split()[1]) / 1024
+
+
+def big_ring(results: dict, n: int) -> None:
+    """up, verify and down of an n-VNet ring; the memory the running lab takes (MemAvailable drop)."""
+    path = plan_file(ring(n))
+    before = mem_available_mb()
+    results[f"ring{n}_validate_s"] = round(run("validate", path), 3)
+    results[f"ring{n}_up_s"] = round(run("up", path), 3)
+    after_up = mem_available_mb()
+    seconds, data = run_json("verify", "--name", f"bench-ring{n}", "--json", allow_check_failure=True)
+    results[f"ring{n}_verify_s"] = round(seconds, 3)
+    results[f"ring{n}_verify_failed_checks"] = sum(not c["ok"] for c in data["checks"])
+    results[f"ring{n}_memory_mb"] = round(before - min(after_up, mem_available_mb()))
+    results[f"ring{n}_down_s"] = round(run("down", "--name", f"bench-ring{n}"), 3)
+    os.unlink(path)
 
 
 def rss_kb(lab: str) -> list[int]:
@@ -100,6 +129,8 @@ def main() -> None:
     results["chain40_charon_rss_mb_max"] = round(max(rss_kb("bench-chain")) / 1024, 1)
     results["chain40_down_s"] = round(run("down", "--name", "bench-chain"), 3)
     os.unlink(path)
+    for n in (100, 300):
+        big_ring(results, n)
     (ROOT / "bench-results.json").write_text(json.dumps(results, indent=2) + "\n")
     width = max(map(len, results))
     for key, value in results.items():
@@ -110,4 +141,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:  # a failed run leaves no lab behind (down also removes the emptied state directory)
-        subprocess.run([sys.executable, "-m", "emulator", "down", "--all"], capture_output=True)
+        subprocess.run([VNETLAB, "down", "--all"], capture_output=True, cwd="/")
