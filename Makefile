@@ -12,7 +12,7 @@ SOURCES := pyproject.toml $(shell find emulator netns configs -type f -not -name
 # the lab a plan builds: its 'lab:' name
 LAB = $$($(BIN)/vnetlab validate $(PLAN) --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["lab"])')
 
-.PHONY: lab down down-all test unit bench install venv clean help vagrant-lab vagrant-down
+.PHONY: lab down down-all test test-kernel unit bench install venv clean help vagrant-lab vagrant-down
 
 help:
 	@echo "make lab       install, bring up the default plan (PLAN=file.yaml for another), verify, list its nodes"
@@ -20,6 +20,7 @@ help:
 	@echo "make down      remove the lab that 'make lab' built (PLAN=… for another plan's lab)"
 	@echo "make down-all  remove every lab on this machine"
 	@echo "make test      run the tests (lab tests need root)"
+	@echo "make test-kernel  the lab tests on the kernel XFRM data plane, in a Debian 12 guest under qemu (root)"
 	@echo "make bench     measure up/verify/down times, memory and throughput (root)"
 	@echo "make vagrant-lab / vagrant-down   the same lab inside a Debian 12 VM (VirtualBox or libvirt)"
 
@@ -58,6 +59,11 @@ down-all: venv
 test: venv
 	@if [ "$$(id -u)" -eq 0 ]; then $(MAKE) -s install; fi
 	$(BIN)/pytest -q
+
+# The kernel data plane's lab tests in a Debian 12 guest (tests/kernel_guest.py): test infrastructure
+# for machines whose own kernel has no ESP, such as CI's. Users run the lab with make lab / vagrant-lab.
+test-kernel: venv
+	$(SUDO) $(BIN)/python tests/kernel_guest.py
 
 unit: venv
 	$(BIN)/pytest -q -m "not lab"

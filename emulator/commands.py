@@ -247,16 +247,20 @@ def connection(args: argparse.Namespace) -> int:
 def disconnect(args: argparse.Namespace) -> int:
     from .workflow import set_connected
 
-    set_connected(args.name, args.vnet, args.site, connect=False)
-    _block(OPERATION_STATUS, args.json)
+    _lab, note = set_connected(args.name, args.vnet, args.site, connect=False)
+    _block({**OPERATION_STATUS, "Note": note} if note and args.json else OPERATION_STATUS, args.json)
+    if note and not args.json:
+        print(note, file=sys.stderr)
     return ExitCode.OK
 
 
 def connect(args: argparse.Namespace) -> int:
     from .workflow import set_connected
 
-    set_connected(args.name, args.vnet, args.site, connect=True)
-    _block(OPERATION_STATUS, args.json)
+    _lab, note = set_connected(args.name, args.vnet, args.site, connect=True)
+    _block({**OPERATION_STATUS, "Note": note} if note and args.json else OPERATION_STATUS, args.json)
+    if note and not args.json:
+        print(note, file=sys.stderr)
     return ExitCode.OK
 
 

@@ -13,7 +13,7 @@ from . import configs_dir
 from . import lab as labmod
 from . import workflow
 from .plan import default_plan_path
-from .problems import ExitCode
+from .problems import EnvironmentProblem, ExitCode
 from .status import ConnectionStatus, collect
 from .verify import verify
 
@@ -142,6 +142,10 @@ def _walkthrough(n: Narrator, name: str) -> None:
 def run(scenario: str, name: str, ike: int) -> int:
     import tempfile
 
+    labmod.require_root()
+    if name in labmod.list_labs_any():  # before anything: the finally below removes the demo's lab
+        raise EnvironmentProblem(f"a lab named '{name}' exists already; the demo builds and removes its own lab, so "
+                                 f"it will not touch that one: choose another --name (or vnetlab down --name {name})")
     n = Narrator()
     with tempfile.TemporaryDirectory() as tmp:
         try:

@@ -55,11 +55,25 @@ def socket_path(directory: Path) -> Path:
 
 @contextmanager
 def session(directory: Path, timeout: float = 10.0) -> Iterator[vici.Session]:
+    """The one way to a gateway's daemon. A daemon that is gone, or goes away mid-request, is GatewayDown."""
     sock = _connect(socket_path(directory), timeout)
     try:
         yield vici.Session(sock)
+    except (OSError, vici.exception.SessionException) as exc:
+        if isinstance(exc, GatewayDown):
+            raise
+        raise GatewayDown(directory, f"the connection broke: {exc}") from None
     finally:
         sock.close()
+
+
+class GatewayDown(EnvironmentProblem, ConnectionError):
+    """A gateway's daemon does not answer on its vici socket: exit 3 with what to do, never a traceback."""
+
+    def __init__(self, directory: Path, why: str):
+        super().__init__(f"the strongSwan daemon of gateway {directory.name} is not answering ({why}); nothing was "
+                         f"changed. 'vnetlab status' shows the gateways; 'vnetlab down' then 'vnetlab up' rebuilds the "
+                         f"lab (its log: {directory / 'charon.log'})")
 
 
 def _connect(path: Path, timeout: float) -> socket.socket:
@@ -74,11 +88,11 @@ def _connect(path: Path, timeout: float) -> socket.socket:
         except (BlockingIOError, InterruptedError) as exc:
             sock.close()
             if time.monotonic() > deadline:
-                raise ConnectionError(f"gateway daemon busy on {path}: {exc}") from None
+                raise GatewayDown(path.parent, f"busy: {exc}") from None
             time.sleep(0.005)
         except OSError as exc:
             sock.close()
-            raise ConnectionError(f"gateway daemon not answering on {path}: {exc}") from None
+            raise GatewayDown(path.parent, exc.strerror or str(exc)) from None
 
 
 def wait_ready(directory: Path, proc: subprocess.Popen | None, deadline: float) -> None:
@@ -124,9 +138,20 @@ def terminate(directory: Path, conn: str) -> None:
             pass  # no matching SA
 
 
-def unload(directory: Path, conn: str) -> None:
+def unload(directory: Path, conn: str) -> bool:
+    """Unload a connection; False when it was not loaded (nothing to do)."""
     with session(directory) as s:
-        s.unload_conn({"name": conn})
+        try:
+            s.unload_conn({"name": conn})
+        except vici.exception.CommandException:
+            return False
+    return True
+
+
+def check_alive(directory: Path) -> None:
+    """Raise GatewayDown unless the daemon answers: asked before a change is applied or recorded."""
+    with session(directory, timeout=2.0) as s:
+        s.version()
 
 
 def initiate(directory: Path, conn: str, children: list[str], timeout_ms: int) -> bool:

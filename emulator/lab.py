@@ -9,6 +9,7 @@ never the plan file the user may have edited since.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -17,10 +18,12 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Iterator
 
 from netns import ops
 from netns.registry import Registry
@@ -36,6 +39,7 @@ from .topology import GatewayNode, Topology, TunnelEnd, build_topology
 PLAN_COPY = "plan.yaml"
 LAB_META = "lab.json"
 CHANGES = "changes.json"
+LOCK = "lock"
 LIBIPSEC_PLUGIN = Path("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so")
 EVENTS = "events.jsonl"
 # Workers run as `python -m emulator.workers.…` from here, so the installed package is what runs,
@@ -65,8 +69,11 @@ class Changes:
         return f"{vnet}/{site}"
 
     def write(self, directory: Path) -> None:
-        _write_private(directory / CHANGES, json.dumps({"keys": self.keys, "gateway_ips": self.gateway_ips,
-                                                         "disconnected": sorted(self.disconnected)}))
+        """Atomically: a reader sees the old file or the new one, never a truncated one."""
+        tmp = directory / f".{CHANGES}.{os.getpid()}"
+        _write_private(tmp, json.dumps({"keys": self.keys, "gateway_ips": self.gateway_ips,
+                                        "disconnected": sorted(self.disconnected)}))
+        os.replace(tmp, directory / CHANGES)
 
     def apply(self, plan: Plan) -> Plan:
         for ref, key in self.keys.items():
@@ -114,6 +121,24 @@ class Lab:
     def gw_dir(self, gw: GatewayNode) -> Path:
         return gateway_dir(self.directory, gw, self.topology.gateways.index(gw))
 
+    def events(self) -> list[dict]:
+        """The gateways' own connection events, oldest first (workers/monitor.py writes them)."""
+        try:
+            lines = (self.directory / EVENTS).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        found = []
+        for line in lines:
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line being written right now
+        return found
+
+    def with_changes(self, changes: Changes) -> "Lab":
+        """This lab as it will be once `changes` are applied (nothing is written)."""
+        return _assemble(self.directory, changes)
+
 
 def list_labs() -> list[str]:
     base = state_base()
@@ -160,13 +185,29 @@ def open_lab(name: str | None) -> Lab:
     if name not in labs:
         known = f" (running: {', '.join(labs)})" if labs else ""
         raise EnvironmentProblem(f"no lab named '{name}' is running{known}; start it with 'vnetlab up'")
+    return _assemble(directory, Changes.read(directory))
+
+
+def _assemble(directory: Path, changes: Changes) -> Lab:
     meta = json.loads((directory / LAB_META).read_text())
-    plan, _ = parse_plan_text((directory / PLAN_COPY).read_text(), f"lab {name}")
+    plan, _ = parse_plan_text((directory / PLAN_COPY).read_text(), f"lab {directory.name}")
     plan = replace(plan, name=meta["name"])  # the plan copy is verbatim; --name may differ from its 'lab:'
-    changes = Changes.read(directory)
     plan = changes.apply(plan)
     return Lab(directory, plan, build_topology(plan), meta["dataplane"], meta["created"], meta["sku_limit"],
                changes)
+
+
+@contextmanager
+def changing(name: str | None) -> Iterator[Lab]:
+    """A running lab, held for one change: concurrent changes to a lab wait for each other (a lock
+    file in its state directory), and the lab is read under the lock, so no update is lost."""
+    directory = open_lab(name).directory
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield open_lab(directory.name)
+    finally:
+        os.close(fd)
 
 
 # -- up ---------------------------------------------------------------------------------------

@@ -138,6 +138,9 @@ def _established_at(seconds_ago: int | None) -> str | None:
 
 
 def collect(lab: Lab, with_reasons: bool = True) -> list[ConnectionStatus]:
+    # when each connection last became Connected, from the gateways' own events: an exact moment that
+    # neither moves with the clock between two calls nor at a rekey (rekeys fire no up/down event)
+    connected_at = {(e["gateway"], e["local_site"]): e["time"] for e in lab.events() if e.get("to") == "Connected"}
     result = []
     for gw in lab.topology.gateways:
         try:
@@ -160,7 +163,8 @@ def collect(lab: Lab, with_reasons: bool = True) -> list[ConnectionStatus]:
             result.append(ConnectionStatus(
                 gateway=gw.name, vnet=t.vnet, local_site=t.local_site, connectivity_state=state,
                 ingress_bytes=sa.bytes_in if sa else 0, egress_bytes=sa.bytes_out if sa else 0,
-                last_connection_established=_established_at(sa.established_seconds_ago)
+                last_connection_established=(connected_at.get((gw.name, t.conn_id))
+                                             or _established_at(sa.established_seconds_ago))
                 if sa and sa.child_installed else None,
                 ike_version=t.ike_version, dataplane=lab.dataplane, remote_address=str(t.remote_ip),
                 cipher=sa.encryption if sa else None, reason=reason, evidence=evidence))

@@ -8,17 +8,17 @@ configs and reloaded over vici into the running daemons: nothing else restarts.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, ip_address
 
 from netns import ops
 
 from . import gateways
-from .lab import EVENTS, Changes, Lab, open_lab
+from .lab import Changes, Lab, changing, open_lab
 from .plan import KEY_RE
 from .problems import UsageError
 from .render import render_gateway, write_rendered
+from .rules import gateway_ip_problems
 from .status import ConnectionStatus, collect
 from .swanconf import read_gateway_config
 from .topology import GatewayNode, Topology, TunnelEnd
@@ -69,17 +69,20 @@ def _sync_routes(old: Topology, new: Topology, ns: str) -> None:
 
 
 def set_key(name: str | None, vnet: str, site: str, key: str) -> Lab:
-    lab = open_lab(name)
-    _end(lab, vnet, site)
+    """Set-AzureVNetGatewayKey: reload the key into the running gateway, then record it. A gateway
+    that does not answer gets nothing recorded (GatewayDown, exit 3)."""
     if not KEY_RE.match(key):
         raise UsageError("the key (masked) is not valid: a classic shared key is 1-128 letters and digits")
-    changes = replace(lab.changes, keys={**lab.changes.keys, Changes.ref(vnet, site): key})
-    changes.write(lab.directory)
-    lab = open_lab(lab.name)
-    gw, end = _end(lab, vnet, site)
-    _reload(lab, gw)
-    _restart(lab, gw, end)
-    return lab
+    with changing(name) as lab:
+        _end(lab, vnet, site)
+        changes = replace(lab.changes, keys={**lab.changes.keys, Changes.ref(vnet, site): key})
+        new = lab.with_changes(changes)
+        gw, end = _end(new, vnet, site)
+        gateways.check_alive(new.gw_dir(gw))
+        _reload(new, gw)
+        _restart(new, gw, end)
+        changes.write(lab.directory)
+        return new
 
 
 def get_key(name: str | None, vnet: str, site: str) -> str | None:
@@ -90,59 +93,66 @@ def get_key(name: str | None, vnet: str, site: str) -> str | None:
 
 def update_site(name: str | None, site: str, gateway_ip: str) -> tuple[Lab, list[str]]:
     """Point a local site at another gateway address; returns the lab and what changed."""
-    lab = open_lab(name)
-    sites = {s.name: s for s in lab.plan.local_sites}
-    if site not in sites:
-        raise UsageError(f"no local network site '{site}' in lab '{lab.name}'; sites: {', '.join(sites)}")
-    if gateway_ip != "auto":
-        try:
-            if not isinstance(ip_address(gateway_ip), IPv4Address):
-                raise ValueError
-        except ValueError:
-            raise UsageError(f"--gateway-ip '{gateway_ip}' is not an IPv4 address (or 'auto')") from None
-    notes = []
-    if lab.plan.vnet_of_site(sites[site]) is None:
-        notes.append(f"{site} is an on-premises site: the lab emulates its VPN device at its own address, "
-                     "so its connections do not change")
-    changes = replace(lab.changes, gateway_ips={**lab.changes.gateway_ips, site: gateway_ip})
-    changes.write(lab.directory)
-    new = open_lab(lab.name)
-    for gw in new.topology.gateways:
-        for end in gw.tunnels:
-            if end.local_site == site and gw.kind == "vnet":
-                old_end = next(t for t in lab.topology.gateway(gw.name).tunnels if t.local_site == site)
-                if old_end.remote_ip == end.remote_ip:
-                    continue
-                _sync_routes(lab.topology, new.topology, gw.netns)
-                _reload(new, gw)
-                _restart(new, gw, end)
-                notes.append(f"{gw.name} -> {site}: gateway address {old_end.remote_ip} -> {end.remote_ip}")
-    return new, notes
+    with changing(name) as lab:
+        sites = {s.name: s for s in lab.plan.local_sites}
+        if site not in sites:
+            raise UsageError(f"no local network site '{site}' in lab '{lab.name}'; sites: {', '.join(sites)}")
+        if gateway_ip != "auto":
+            try:
+                address = ip_address(gateway_ip)
+                if not isinstance(address, IPv4Address):
+                    raise ValueError
+            except ValueError:
+                raise UsageError(f"--gateway-ip '{gateway_ip}' is not an IPv4 address (or 'auto')") from None
+            problems = gateway_ip_problems(lab.plan, sites[site], address)
+            if problems:
+                raise UsageError(f"--gateway-ip {gateway_ip} for {site}: {problems[0]}")
+        notes = []
+        if lab.plan.vnet_of_site(sites[site]) is None:
+            notes.append(f"{site} is an on-premises site: the lab emulates its VPN device at its own address, "
+                         "so its connections do not change")
+        changes = replace(lab.changes, gateway_ips={**lab.changes.gateway_ips, site: gateway_ip})
+        new = lab.with_changes(changes)
+        moved = []
+        for gw in new.topology.gateways:
+            for end in gw.tunnels:
+                if end.local_site == site and gw.kind == "vnet":
+                    old_end = next(t for t in lab.topology.gateway(gw.name).tunnels if t.local_site == site)
+                    if old_end.remote_ip != end.remote_ip:
+                        moved.append((gw, end, old_end))
+        for gw, _end_, _old in moved:
+            gateways.check_alive(new.gw_dir(gw))
+        for gw, end, old_end in moved:
+            _sync_routes(lab.topology, new.topology, gw.netns)
+            _reload(new, gw)
+            _restart(new, gw, end)
+            notes.append(f"{gw.name} -> {site}: gateway address {old_end.remote_ip} -> {end.remote_ip}")
+        if not moved and not notes:
+            notes.append(f"nothing to do: {site}'s gateway address is {gateway_ip} already")
+        changes.write(lab.directory)
+        return new, notes
 
 
-def set_connected(name: str | None, vnet: str, site: str, connect: bool) -> Lab:
-    """Set-AzureVNetGateway -Connect / -Disconnect for one VNet's connection to one site."""
-    lab = open_lab(name)
-    gw, end = _end(lab, vnet, site)
-    ref = Changes.ref(vnet, site)
-    disconnected = lab.changes.disconnected | {ref} if not connect else lab.changes.disconnected - {ref}
-    replace(lab.changes, disconnected=disconnected).write(lab.directory)
-    lab = open_lab(lab.name)
-    if connect:
-        _reload(lab, gw)
-        _restart(lab, gw, end)
-    else:
-        gateways.terminate(lab.gw_dir(gw), end.conn_id)
-        gateways.unload(lab.gw_dir(gw), end.conn_id)
-    return lab
-
-
-def events(lab: Lab) -> list[dict]:
-    try:
-        lines = (lab.directory / EVENTS).read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    return [json.loads(line) for line in lines if line.strip()]
+def set_connected(name: str | None, vnet: str, site: str, connect: bool) -> tuple[Lab, str | None]:
+    """Set-AzureVNetGateway -Connect / -Disconnect for one VNet's connection to one site. Returns the lab
+    and, when the connection already was in that state, a note that there was nothing to do."""
+    with changing(name) as lab:
+        gw, end = _end(lab, vnet, site)
+        ref = Changes.ref(vnet, site)
+        if (ref not in lab.changes.disconnected) == connect:
+            return lab, f"nothing to do: {vnet}'s connection to {site} is {'connected' if connect else 'disconnected'} already"
+        changes = replace(lab.changes, disconnected=lab.changes.disconnected - {ref} if connect
+                          else lab.changes.disconnected | {ref})
+        new = lab.with_changes(changes)
+        gateways.check_alive(new.gw_dir(gw))
+        if connect:
+            _reload(new, gw)
+            _restart(new, gw, end)
+        else:
+            gateways.terminate(new.gw_dir(gw), end.conn_id)
+            gateways.unload(new.gw_dir(gw), end.conn_id)
+        changes.write(lab.directory)
+        return new, None
 
 
 @dataclass(frozen=True)
@@ -165,7 +175,7 @@ def connection(name: str | None, vnet: str) -> tuple[Lab, list[ConnectionReport]
     lab = open_lab(name)
     if vnet not in {v.name for v in lab.plan.vnets}:
         raise UsageError(f"no VNet '{vnet}' in lab '{lab.name}'; VNets: {', '.join(v.name for v in lab.plan.vnets)}")
-    log = events(lab)
+    log = lab.events()
     reports = []
     for s in collect(lab):
         if s.gateway != vnet:
@@ -184,7 +194,7 @@ def gateway(name: str | None, vnet: str) -> dict:
     if v.gateway is None:
         raise UsageError(f"ResourceNotFound (404): no gateway exists for virtual network '{vnet}'")
     gw = lab.topology.gateway(vnet)
-    mine = [e for e in events(lab) if e["gateway"] == vnet]
+    mine = [e for e in lab.events() if e["gateway"] == vnet]
     last = mine[-1] if mine else {}
     return {"VNetName": vnet, "State": "Provisioned", "VIPAddress": str(gw.public_ip),
             "GatewayType": v.gateway.type.value, "GatewaySKU": v.gateway.sku.value,

@@ -38,8 +38,10 @@ def dataplane(request, supported):
     """Run a test on every IPsec data plane this machine has; skip the others, saying why."""
     if request.param not in supported:
         why = {"kernel": "this kernel has no ESP (XFRM states cannot carry traffic): the kernel data plane "
-                         "runs in the Vagrant VM or on an ordinary distribution kernel",
+                         "runs in the Vagrant VM, on an ordinary distribution kernel, and in make test-kernel",
                "libipsec": "strongSwan's kernel-libipsec plugin is not installed (libcharon-extra-plugins)"}
+        if request.param == "kernel" and os.environ.get("VNETLAB_REQUIRE_KERNEL"):
+            pytest.fail(f"the kernel data plane is required here (make test-kernel's guest): {why['kernel']}")
         pytest.skip(why[request.param])
     return request.param
 

@@ -109,3 +109,11 @@ def test_onprem_rows_name_the_vnet_they_connect_to(lab):
     data = json.loads(nodes.stdout)
     assert {"HQ", "backbone", "TestVNet1/default"} <= {n["node"] for n in data["nodes"]}
     assert any("ping" in hint for hint in data["try"])
+
+
+def test_a_demo_never_touches_an_existing_lab(lab):
+    assert lab.cli("up", "--name", "t-mine").returncode == 0
+    res = lab.cli("demo", "psk-mismatch", "--name", "t-mine")
+    assert res.returncode == 3 and "exists already" in res.stderr
+    assert json.loads(lab.cli("status", "--name", "t-mine", "--json").stdout)["lab"] == "t-mine"
+    assert all(c["connectivity_state"] == "Connected" for c in lab.status("t-mine").values())

@@ -1,0 +1,86 @@
+#!/bin/sh
+# The hand-made reference for `make bench`: the fastest plain tunnel one can build by hand on this
+# machine, two charon daemons (kernel-libipsec, or the kernel's XFRM where it has ESP) joined by
+# one veth, iperf3 between addresses inside the tunnel, nothing else on the path. The lab's own
+# tunnel is measured against it in the same run.
+#   usage: reference_tunnel.sh [ESP_PROPOSAL] [SECONDS] [libipsec|kernel]   (as root)
+# Prints one line: "reference <proposal> <dataplane> <Mbit/s>". Removes everything it made.
+set -eu
+esp=${1:-aes128gcm16}
+seconds=${2:-3}
+dataplane=${3:-libipsec}
+tag="vref$$"
+work=$(mktemp -d)
+pids=""
+
+cleanup() {
+    for pid in $pids; do kill "$pid" 2>/dev/null || true; done
+    sleep 0.3
+    for pid in $pids; do kill -9 "$pid" 2>/dev/null || true; done
+    ip netns del "$tag-a" 2>/dev/null || true
+    ip netns del "$tag-b" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+plugins="random nonce openssl aesni gcm kdf vici socket-default kernel-netlink"
+[ "$dataplane" = libipsec ] && plugins="random nonce openssl aesni gcm kdf vici socket-default kernel-libipsec kernel-netlink"
+
+side() {  # name, own public address, peer public address, own inner address, peer inner address
+    ns="$tag-$1"
+    dir="$work/$1"
+    mkdir -p "$dir"
+    cat > "$dir/strongswan.conf" <<EOF
+charon {
+  load_modular = no
+  load = $plugins
+  install_routes = yes
+  plugins { vici { socket = unix://$dir/charon.vici } }
+  filelog { log { path = $dir/charon.log
+    default = 0 } }
+}
+swanctl { socket = unix://$dir/charon.vici }
+EOF
+    cat > "$dir/swanctl.conf" <<EOF
+connections { ref { version = 2
+  local_addrs = $2
+  remote_addrs = $3
+  proposals = aes128gcm16-prfsha256-modp2048
+  local { auth = psk
+    id = $2 }
+  remote { auth = psk
+    id = $3 }
+  children { ref { local_ts = $4/32
+    remote_ts = $5/32
+    esp_proposals = $esp } } } }
+secrets { ike { secret = ReferenceOnly1 } }
+EOF
+    ip -n "$ns" addr add "$4/32" dev lo
+    STRONGSWAN_CONF="$dir/strongswan.conf" ip netns exec "$ns" unshare --mount --propagation private \
+        sh -c 'mount -t tmpfs ref-run /run && exec /usr/lib/ipsec/charon' > "$dir/stderr" 2>&1 &
+    pids="$pids $!"
+}
+
+ip netns add "$tag-a"
+ip netns add "$tag-b"
+ip -n "$tag-a" link add bb type veth peer name bb netns "$tag-b"
+ip -n "$tag-a" addr add 192.0.2.1/30 dev bb
+ip -n "$tag-b" addr add 192.0.2.2/30 dev bb
+for n in a b; do ip -n "$tag-$n" link set lo up; ip -n "$tag-$n" link set bb up; done
+side a 192.0.2.1 192.0.2.2 10.201.0.1 10.202.0.1
+side b 192.0.2.2 192.0.2.1 10.202.0.1 10.201.0.1
+for n in a b; do
+    tries=0
+    until [ -S "$work/$n/charon.vici" ]; do
+        tries=$((tries + 1)); [ $tries -gt 100 ] && { echo "reference: charon $n did not start" >&2; exit 3; }
+        sleep 0.05
+    done
+    STRONGSWAN_CONF="$work/$n/strongswan.conf" ip netns exec "$tag-$n" swanctl --load-all --file "$work/$n/swanctl.conf" >/dev/null
+done
+STRONGSWAN_CONF="$work/a/strongswan.conf" ip netns exec "$tag-a" swanctl --initiate --child ref >/dev/null
+ip netns exec "$tag-b" iperf3 -s -1 -B 10.202.0.1 >/dev/null 2>&1 &
+pids="$pids $!"
+sleep 0.3
+mbps=$(ip netns exec "$tag-a" iperf3 -c 10.202.0.1 -B 10.201.0.1 -t "$seconds" -J \
+    | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e6, 1))')
+echo "reference $esp $dataplane $mbps"
