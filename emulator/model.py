@@ -122,6 +122,7 @@ class UserCheck:
     proto: str  # icmp | tcp | udp
     port: int | None  # tcp and udp: the destination host answers on it during verify
     expect: str  # reach | blocked
+    disconnect: tuple[str, str] | None = None  # during: this (VNet, local site) connection is disconnected
 
 
 @dataclass(frozen=True)

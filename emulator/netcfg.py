@@ -99,13 +99,9 @@ def import_netcfg(text: str, source: str, gateway_type: str = "DynamicRouting", 
 
     sites: dict[str, Any] = {}
     for el in _children(_child(vnc, "LocalNetworkSites"), "LocalNetworkSite"):
-        obj = f"LocalNetworkSite[{el.get('name')}]"
-        line = _line_of(text, "LocalNetworkSite", el.get("name"), seen)
-        out.lines[(obj, "")] = line or 0
-        name = _unique(el.get("name"), out, obj, renames, sites, line)
+        name, obj, line = _element(text, el, "LocalNetworkSite", "local_sites", out, renames, sites, seen)
         if name is None:
             continue
-        out.lines[(f"local_sites.{name}", "")] = line or 0
         sites[name] = {"address_space": _prefixes(_child(el, "AddressSpace"), out, obj), "gateway_ip": "auto"}
         real = (_child(el, "VPNGatewayAddress").text or "").strip() if _child(el, "VPNGatewayAddress") is not None else ""
         if real and _ipv4(real):
@@ -118,13 +114,9 @@ def import_netcfg(text: str, source: str, gateway_type: str = "DynamicRouting", 
     vnets: dict[str, Any] = {}
     connections: list[dict[str, Any]] = []
     for el in _children(_child(vnc, "VirtualNetworkSites"), "VirtualNetworkSite"):
-        obj = f"VirtualNetworkSite[{el.get('name')}]"
-        line = _line_of(text, "VirtualNetworkSite", el.get("name"), seen)
-        out.lines[(obj, "")] = line or 0
-        name = _unique(el.get("name"), out, obj, renames, vnets, line)
+        name, obj, line = _element(text, el, "VirtualNetworkSite", "vnets", out, renames, vnets, seen)
         if name is None:
             continue
-        out.lines[(f"vnets.{name}", "")] = line or 0
         location = el.get("Location") or el.get("AffinityGroup")
         if not location:
             out.error(obj, "Location", "neither Location nor AffinityGroup is set; give one")
@@ -165,6 +157,19 @@ def import_netcfg(text: str, source: str, gateway_type: str = "DynamicRouting", 
     plain = {k: v for k, v in data.items() if v}
     plan, warnings = parse_plan_data(plain, out)
     return plain, plan, warnings
+
+
+def _element(text: str, el: Element, tag: str, section: str, out: Collector, renames: dict[str, str],
+             taken: dict[str, Any], seen: dict[tuple[str, str], int]) -> tuple[str | None, str, int | None]:
+    """(plan name or None when it repeats another, object label, XML line) of a named site element;
+    problems about it, and later about the plan object it becomes, are reported at its line."""
+    obj = f"{tag}[{el.get('name')}]"
+    line = _line_of(text, tag, el.get("name"), seen)
+    out.lines[(obj, "")] = line or 0
+    name = _unique(el.get("name"), out, obj, renames, taken, line)
+    if name is not None:
+        out.lines[(f"{section}.{name}", "")] = line or 0
+    return name, obj, line
 
 
 def _unique(raw: str | None, out: Collector, obj: str, renames: dict[str, str], taken: dict[str, Any],

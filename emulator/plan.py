@@ -53,7 +53,8 @@ PROPOSAL_TOKENS = {
 }
 
 TOP_KEYS = {"lab", "vnets", "local_sites", "connections", "tests"}
-TEST_KEYS = {"name", "from", "to", "proto", "port", "expect"}
+TEST_KEYS = {"name", "from", "to", "proto", "port", "expect", "during"}
+DURING_KEYS = {"disconnect"}
 VNET_KEYS = {"location", "resource_group", "address_space", "subnets", "gateway_subnet", "gateway", "dns_servers"}
 GATEWAY_KEYS = {"type", "sku"}
 SITE_KEYS = {"address_space", "gateway_ip"}
@@ -240,9 +241,20 @@ class _Parser:
             elif "port" in f and proto == "icmp":
                 self.out.error(obj, "port", "an icmp check has no port; remove it, or use proto: tcp or udp",
                                f.line_of("port"))
-            if name and all(isinstance(e, str) and e for e in ends) and proto and expect and (
+            disconnect, during_ok = None, True
+            if "during" in f:
+                during = self.mapping(f["during"], obj, "during", f.line_of("during"), DURING_KEYS)
+                ref = during.get("disconnect") if during is not None else None
+                if during is None or not isinstance(ref, str) or ref.count("/") != 1:
+                    self.out.error(obj, "during", "give the condition the check must hold under, e.g. during: "
+                                   "{disconnect: TestVNet1/VNet4Local} (a VNet and the local site of one connection)",
+                                   f.line_of("during"))
+                    during_ok = False
+                else:
+                    disconnect = tuple(ref.split("/"))
+            if name and all(isinstance(e, str) and e for e in ends) and proto and expect and during_ok and (
                     proto == "icmp" or port is not None):
-                result.append(UserCheck(name, ends[0], ends[1], proto, port, expect))
+                result.append(UserCheck(name, ends[0], ends[1], proto, port, expect, disconnect))
         return result
 
     def named_objects(self, top: LineMap, key: str, build: Callable[[str, LineMap, str], Any]) -> list[Any]:

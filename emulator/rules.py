@@ -310,3 +310,7 @@ def check_user_tests(plan: Plan, out: Collector) -> None:
             if not ok:
                 out.error(obj, "to", f"'{test.dst}' is neither a test host of this plan nor an IPv4 address"
                           f"{did_you_mean(test.dst, hosts)}; test hosts: {shown}")
+        if test.disconnect and plan.connection(*test.disconnect) is None:
+            known = ", ".join(f"{c.vnet}/{c.local_site}" for c in plan.connections)
+            out.error(obj, "during.disconnect", f"'{'/'.join(test.disconnect)}' is no connection of this plan; "
+                      f"connections: {known}")

@@ -19,6 +19,7 @@ import json
 import secrets
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -27,6 +28,7 @@ from pathlib import Path
 from netns.registry import Registry
 
 from .lab import WORKER_CWD, Lab
+from .model import UserCheck
 from .problems import EnvironmentProblem, UsageError
 from .status import ConnectionStatus, collect, expected_up
 from .topology import Host
@@ -135,17 +137,62 @@ def plan_probes(lab: Lab, pairs: list[Pair]) -> list[Probe]:
     return probes
 
 
-def user_probes(lab: Lab, start: int) -> list[Probe]:
-    """The plan's own tests: as probes, numbered after the derived ones."""
+def user_probes(lab: Lab, tests: list[UserCheck], start: int) -> list[Probe]:
+    """The plan's own tests: as probes, numbered from start."""
     hosts = {h.node: h for h in lab.topology.hosts}
     by_address = {str(h.address): h for h in lab.topology.hosts}
     probes = []
-    for test in lab.plan.tests:
+    for test in tests:
         dst = hosts.get(test.dst) or by_address.get(test.dst) or Host(
             test.dst, "", "", IPv4Address(test.dst), IPv4Network(f"{test.dst}/32"))
         probes.append(Probe(f"p{start + len(probes)}", test.proto, hosts[test.src], dst, test.expect == "reach",
                             "", test.port or RESPONDER_PORT, test.name))
     return probes
+
+
+def _test_check(p: Probe, run: "ProbeRun", condition: str = "") -> Check:
+    got = p.id in run.answered
+    expected = "reach" if p.expect_reply else "blocked"
+    seen = "answered" if got else ("no answer" + (f" ({run.refused[p.id]})" if p.id in run.refused else ""))
+    port = f" on port {p.port}" if p.proto != "icmp" else ""
+    dst = f"{p.dst.node} ({p.dst.address})" if p.dst.netns else str(p.dst.address)
+    return Check("test", f"{p.src.node} ({p.src.address})", dst, got == p.expect_reply,
+                 f"{p.test}: {condition}expected {expected}, {seen}{port}", p.proto, name=p.test)
+
+
+def _wait_for(lab: Lab, done, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not done(collect(lab, with_reasons=False)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def during_checks(lab: Lab, timeout: float) -> list[Check]:
+    """The plan tests that must hold while a connection is disconnected: disconnect it through the
+    workflow (as `vnetlab disconnect` does), probe, and connect it again, unless it was disconnected
+    before verify started. Killed in between, the lab stays disconnected: `status` says so and
+    `vnetlab connect` restores it."""
+    from .workflow import set_connected
+
+    checks = []
+    for cond in dict.fromkeys(t.disconnect for t in lab.plan.tests if t.disconnect):
+        vnet, site = cond
+        _lab, already = set_connected(lab.name, vnet, site, connect=False)
+        try:
+            _wait_for(lab, lambda rows: all(r.connectivity_state != "Connected" for r in rows
+                                            if (r.gateway, r.local_site) == cond), 10)
+            probes = user_probes(lab, [t for t in lab.plan.tests if t.disconnect == cond], 0)
+            run = run_probes(lab, probes, None, timeout)
+            checks += [_test_check(p, run, f"with {vnet}/{site} disconnected, ") for p in probes]
+        finally:
+            if already is None:
+                set_connected(lab.name, vnet, site, connect=True)
+                wanted = expected_up(lab)
+                _wait_for(lab, lambda rows: all(r.connectivity_state == "Connected" for r in rows
+                                                if (r.gateway, r.local_site) in wanted), 20)
+    return checks
 
 
 def _python_in(ns: str, module: str, *args: str) -> list[str]:
@@ -299,7 +346,7 @@ def verify(lab: Lab, pcap_dir: Path | None = None, timeout: float = 1.5, through
     statuses = collect(lab)
     pairs = network_pairs(lab, statuses)
     derived = plan_probes(lab, pairs)
-    probes = derived + user_probes(lab, len(derived))
+    probes = derived + user_probes(lab, [t for t in lab.plan.tests if t.disconnect is None], len(derived))
     run = run_probes(lab, probes, pcap_dir, timeout)
     answered = run.answered
     checks = []
@@ -310,11 +357,7 @@ def verify(lab: Lab, pcap_dir: Path | None = None, timeout: float = 1.5, through
         src = f"{p.src.node} ({p.src.address})"
         dst = f"{p.dst.node} ({p.dst.address})" if p.dst.netns else str(p.dst.address)
         if p.test is not None:
-            expected = "reach" if p.expect_reply else "blocked"
-            seen = "answered" if got else ("no answer" + (f" ({run.refused[p.id]})" if p.id in run.refused else ""))
-            checks.append(Check("test", src, dst, got == p.expect_reply,
-                                f"{p.test}: expected {expected}, {seen}" + (f" on port {p.port}" if p.proto != "icmp"
-                                                                             else ""), p.proto, name=p.test))
+            checks.append(_test_check(p, run))
         elif p.expect_reply:
             detail = "answered, nonce returned"
             if not got:
@@ -333,6 +376,7 @@ def verify(lab: Lab, pcap_dir: Path | None = None, timeout: float = 1.5, through
         shown = ", ".join(networks) if len(networks) <= 3 else f"{len(networks)} networks not connected to {host.owner}"
         checks.append(Check("isolation", f"{host.node} ({host.address})", shown, not leaks, detail, covers=networks))
     checks.append(esp_check(run.verdict, len(answered)))
+    checks += during_checks(lab, timeout)
     if throughput:
         checks.extend(throughput_checks(lab, pairs, statuses, duration))
     return checks

@@ -59,6 +59,15 @@ def run_json(*argv: str, allow_check_failure: bool = False) -> tuple[float, dict
     return time.monotonic() - start, (json.loads(res.stdout) if "--json" in argv else {})
 
 
+def reference(esp: str, seconds: float, dataplane: str = "libipsec") -> dict[str, str]:
+    """The hand-made tunnel (tests/reference_tunnel.sh): {"up": seconds, "reference": Mbit/s}."""
+    res = subprocess.run(["sh", str(ROOT / "tests" / "reference_tunnel.sh"), esp, str(seconds), dataplane],
+                         capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        raise SystemExit(f"reference tunnel failed: {res.stderr[-1000:]}")
+    return {line.split()[0]: line.split()[-1] for line in res.stdout.splitlines() if line.strip()}
+
+
 def plan_file(text: str) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         fh.write(text)
@@ -85,6 +94,36 @@ def big_ring(results: dict, n: int) -> None:
     os.unlink(path)
 
 
+def cycles(results: dict, n: int) -> None:
+    """n cycles of up, verify and down of the default plan: times per cycle, and what each left behind
+    (namespaces of the lab, live processes it journalled, its state directory): must stay 0."""
+    times, left = [], 0
+    for _ in range(n):
+        start = time.monotonic()
+        run("up", "--name", "bench-cycle")
+        journal = Path(os.environ["VNETLAB_STATE_DIR"], "bench-cycle", "resources.jsonl").read_text().splitlines()
+        pids = [json.loads(line)["pid"] for line in journal if '"process"' in line]
+        run("verify", "--name", "bench-cycle")
+        run("down", "--name", "bench-cycle")
+        times.append(time.monotonic() - start)
+        left += sum(1 for ns in os.listdir("/run/netns") if ns.startswith("bench-cycle.")) if os.path.isdir(
+            "/run/netns") else 0
+        left += sum(1 for pid in pids if _running(pid))
+        left += Path(os.environ["VNETLAB_STATE_DIR"], "bench-cycle").exists()
+    results[f"cycles{n}_first_s"] = round(times[0], 3)
+    results[f"cycles{n}_median_s"] = round(statistics.median(times), 3)
+    results[f"cycles{n}_last_s"] = round(times[-1], 3)
+    results[f"cycles{n}_leftovers"] = left
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def rss_kb(lab: str) -> list[int]:
     journal = Path(os.environ["VNETLAB_STATE_DIR"], lab, "resources.jsonl").read_text().splitlines()
     pids = [json.loads(line)["pid"] for line in journal if '"process"' in line]
@@ -106,6 +145,10 @@ def main() -> None:
     results["default_down_s_median"] = round(statistics.median(downs), 3)
     results["charon_rss_mb_max"] = round(max(rss) / 1024, 1)
 
+    floors = [float(reference("aes128gcm16", 0)["up"]) for _ in range(5)]
+    results["reference_up_s_median"] = round(statistics.median(floors), 3)
+    results["default_up_over_reference"] = round(results["default_up_s_median"] / results["reference_up_s_median"], 2)
+
     run("up", "--name", "bench-tput", "--no-sku-limit")
     _, data = run_json("verify", "--name", "bench-tput", "--throughput", "--json")
     run("down", "--name", "bench-tput")
@@ -117,6 +160,20 @@ def main() -> None:
     results["bare_veth_mbps"] = bare
     results["tunnel_over_bare_percent"] = round(100 * tunnel / bare, 2)
     results["tunnel_cipher"] = next(c["detail"].split("cipher ")[1].split(",")[0] for c in tput if "cipher" in c["detail"])
+    # the same run: the lab with AES-GCM-128 first, and the hand-made reference with both ciphers
+    path = plan_file((ROOT / "configs" / "plans" / "classic-vnet-to-vnet.yaml").read_text().replace(
+        "shared_key: A1b2C3D4}", "shared_key: A1b2C3D4, ipsec: {esp_proposals: [aes128gcm16-modp1024]}}"))
+    run("up", path, "--name", "bench-gcm128", "--no-sku-limit")
+    _, data = run_json("verify", "--name", "bench-gcm128", "--throughput", "--json")
+    run("down", "--name", "bench-gcm128")
+    os.unlink(path)
+    results["tunnel_gcm128_mbps_no_cap"] = min(c["mbps"] for c in data["checks"]
+                                               if c["kind"] == "throughput" and "TestVNet" in c["src"])
+    for esp in ("aes128gcm16", "aes256gcm16"):
+        results[f"reference_{esp}_mbps"] = float(reference(esp, 3, results["dataplane"])["reference"])
+    results["tunnel_over_reference"] = round(results["tunnel_mbps_no_cap"] / results["reference_aes256gcm16_mbps"], 2)
+    results["tunnel_gcm128_over_reference"] = round(results["tunnel_gcm128_mbps_no_cap"]
+                                                    / results["reference_aes128gcm16_mbps"], 2)
 
     path = plan_file(mesh(10))
     results["mesh10_up_s"] = round(run("up", path), 3)
@@ -129,6 +186,7 @@ def main() -> None:
     results["chain40_charon_rss_mb_max"] = round(max(rss_kb("bench-chain")) / 1024, 1)
     results["chain40_down_s"] = round(run("down", "--name", "bench-chain"), 3)
     os.unlink(path)
+    cycles(results, 30)
     for n in (100, 300):
         big_ring(results, n)
     (ROOT / "bench-results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -100,6 +100,8 @@ def image() -> Path:
         if res.returncode != 0:
             fail(f"mkfs.ext4 failed: {res.stderr[-2000:]}")
         CACHE.mkdir(parents=True, exist_ok=True)
+        for old in CACHE.iterdir():  # images of earlier package lists: only the current one is kept
+            shutil.rmtree(old, ignore_errors=True)
         staged.rename(where)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -4,8 +4,10 @@
 # one veth, iperf3 between addresses inside the tunnel, nothing else on the path. The lab's own
 # tunnel is measured against it in the same run.
 #   usage: reference_tunnel.sh [ESP_PROPOSAL] [SECONDS] [libipsec|kernel]   (as root)
-# Prints one line: "reference <proposal> <dataplane> <Mbit/s>". Removes everything it made.
+# Prints "up <seconds>" (namespaces, both daemons, tunnel established: the floor for `vnetlab up`)
+# and, unless SECONDS is 0, "reference <proposal> <dataplane> <Mbit/s>". Removes everything it made.
 set -eu
+started=$(date +%s.%N)
 esp=${1:-aes128gcm16}
 seconds=${2:-3}
 dataplane=${3:-libipsec}
@@ -78,6 +80,8 @@ for n in a b; do
     STRONGSWAN_CONF="$work/$n/strongswan.conf" ip netns exec "$tag-$n" swanctl --load-all --file "$work/$n/swanctl.conf" >/dev/null
 done
 STRONGSWAN_CONF="$work/a/strongswan.conf" ip netns exec "$tag-a" swanctl --initiate --child ref >/dev/null
+awk -v now="$(date +%s.%N)" -v t0="$started" 'BEGIN { printf "up %.3f\n", now - t0 }'
+[ "$seconds" = 0 ] && exit 0
 ip netns exec "$tag-b" iperf3 -s -1 -B 10.202.0.1 >/dev/null 2>&1 &
 pids="$pids $!"
 sleep 0.3

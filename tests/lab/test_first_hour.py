@@ -71,8 +71,13 @@ def test_plan_tests_pass_and_fail_in_table_json_and_junit(lab, tmp_path):
     res = lab.cli("verify", "--name", "t-tests", "--json", "--junit", str(junit))
     assert res.returncode == 1
     tests = {c["name"]: c for c in json.loads(res.stdout)["checks"] if c["kind"] == "test"}
-    assert set(tests) == {"web-from-vnet1", "dns-to-second-space", "nothing-beyond-the-plan", "web-must-be-blocked"}
-    assert all(tests[n]["ok"] for n in ("web-from-vnet1", "dns-to-second-space", "nothing-beyond-the-plan"))
+    assert set(tests) == {"web-from-vnet1", "dns-to-second-space", "nothing-beyond-the-plan", "down-means-down",
+                          "web-must-be-blocked"}
+    assert all(tests[n]["ok"] for n in ("web-from-vnet1", "dns-to-second-space", "nothing-beyond-the-plan",
+                                        "down-means-down"))
+    assert "with TestVNet1/VNet4Local disconnected, expected blocked, no answer" in tests["down-means-down"]["detail"]
+    # verify connected it again: the lab is as it was
+    assert all(c["connectivity_state"] == "Connected" for c in lab.status("t-tests").values())
     assert not tests["web-must-be-blocked"]["ok"]
     assert "expected blocked, answered on port 8443" in tests["web-must-be-blocked"]["detail"]
     others = [c for c in json.loads(res.stdout)["checks"] if c["kind"] != "test"]
