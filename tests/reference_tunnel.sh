@@ -77,7 +77,7 @@ for n in a b; do
         tries=$((tries + 1)); [ $tries -gt 100 ] && { echo "reference: charon $n did not start" >&2; exit 3; }
         sleep 0.05
     done
-    STRONGSWAN_CONF="$work/$n/strongswan.conf" ip netns exec "$tag-$n" swanctl --load-all --file "$work/$n/swanctl.conf" >/dev/null
+    STRONGSWAN_CONF="$work/$n/strongswan.conf" ip netns exec "$tag-$n" swanctl --load-all --file "$work/$n/swanctl.conf" >/dev/null 2>&1
 done
 STRONGSWAN_CONF="$work/a/strongswan.conf" ip netns exec "$tag-a" swanctl --initiate --child ref >/dev/null
 awk -v now="$(date +%s.%N)" -v t0="$started" 'BEGIN { printf "up %.3f\n", now - t0 }'
