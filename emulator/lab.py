@@ -264,7 +264,7 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
         set_current(plan.name)
     except BaseException:
         if not keep_on_error and os.getpid() == _MAIN_PID:
-            registry.teardown()
+            remove(registry)
             _remove_base_if_empty()
         raise
     finally:
@@ -386,6 +386,30 @@ def _start_gateways(lab: Lab, registry: Registry, deadline: float) -> None:
                       lab.topology.gateways))
 
 
+def load_gateway(lab: Lab, gw: GatewayNode) -> None:
+    """Load a gateway's rendered keys and connections over vici, less those the workflow disconnected."""
+    directory = lab.gw_dir(gw)
+    config = read_gateway_config(directory)
+    gateways.load(directory, replace(config, connections={
+        n: c for n, c in config.connections.items() if not lab.disconnected(gw.name, n)}))
+
+
+def restart_gateway(lab: Lab, gw: GatewayNode) -> float:
+    """Start a gateway's daemon again with the same configuration (journalled like the first one),
+    load it, and initiate every tunnel it has a key for: the peer still holds the old SAs, so this
+    side must not wait for its DPD. Returns the seconds until the tunnels were initiated."""
+    started = time.monotonic()
+    directory = lab.gw_dir(gw)
+    proc = gateways.start_charon(gw.netns, directory, lab.directory)
+    Registry(lab.directory).adopt_process(proc.pid, f"charon {gw.name}")
+    gateways.wait_ready(directory, proc, time.monotonic() + 10)
+    load_gateway(lab, gw)
+    wanted = [t for t in gw.tunnels if t.shared_key and t.peer_in_lab and not lab.disconnected(gw.name, t.local_site)]
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(wanted)))) as pool:
+        list(pool.map(lambda t: gateways.initiate(directory, t.conn_id, [c[0] for c in t.children], 5000), wanted))
+    return time.monotonic() - started
+
+
 def _start_monitor(lab: Lab, registry: Registry) -> None:
     """The event recorder (workers/monitor.py), in the host namespace: it only talks to the vici
     sockets. It exits by itself when the daemons go; `down` also stops it by its journalled pid."""
@@ -435,13 +459,20 @@ def down(name: str | None, all_labs: bool) -> list[str]:
     else:
         names = [name] if name in existing else []
     for lab_name in names:
-        problems = Registry(state_base() / lab_name).teardown()
+        problems = remove(Registry(state_base() / lab_name))
         if problems:
             raise EnvironmentProblem(f"lab '{lab_name}' was not removed completely: {'; '.join(problems)}")
         if current_lab() == lab_name:
             (state_base() / CURRENT).unlink(missing_ok=True)
     _remove_base_if_empty()
     return names
+
+
+def remove(registry: Registry) -> list[str]:
+    """Remove everything a lab journalled. The event monitor goes first: it supervises the gateway
+    daemons and would restart them while they are being stopped."""
+    registry.stop("event monitor")
+    return registry.teardown()
 
 
 def list_labs_any() -> list[str]:

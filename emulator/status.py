@@ -147,7 +147,8 @@ def collect(lab: Lab, with_reasons: bool = True) -> list[ConnectionStatus]:
             sas = gateways.list_sas(lab.gw_dir(gw))
             down_reason = ""
         except (ConnectionError, OSError):
-            sas, down_reason = {}, f"gateway daemon of {gw.name} is not running (vnetlab down, then up)"
+            sas, down_reason = {}, (f"gateway daemon of {gw.name} is not running: its supervisor restarts it "
+                                    "within seconds; if it stays down, see vnetlab gateway, then down and up")
         for t in gw.tunnels:
             sa = sas.get(t.conn_id)
             if sa and sa.installed_children >= {c[0] for c in t.children}:

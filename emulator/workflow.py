@@ -14,13 +14,12 @@ from ipaddress import IPv4Address, ip_address
 from netns import ops
 
 from . import gateways
-from .lab import Changes, Lab, changing, open_lab
+from .lab import Changes, Lab, changing, load_gateway, open_lab
 from .plan import KEY_RE
 from .problems import UsageError
 from .render import render_gateway, write_rendered
 from .rules import gateway_ip_problems
 from .status import ConnectionStatus, collect
-from .swanconf import read_gateway_config
 from .topology import GatewayNode, Topology, TunnelEnd
 
 REINITIATE_MS = 5000
@@ -43,11 +42,8 @@ def _end(lab: Lab, vnet: str, site: str) -> tuple[GatewayNode, TunnelEnd]:
 
 
 def _reload(lab: Lab, gw: GatewayNode) -> None:
-    directory = lab.gw_dir(gw)
-    write_rendered([render_gateway(gw, directory, lab.dataplane)])
-    config = read_gateway_config(directory)
-    gateways.load(directory, replace(config, connections={
-        n: c for n, c in config.connections.items() if not lab.disconnected(gw.name, n)}))
+    write_rendered([render_gateway(gw, lab.gw_dir(gw), lab.dataplane)])
+    load_gateway(lab, gw)
 
 
 def _restart(lab: Lab, gw: GatewayNode, end: TunnelEnd) -> None:
@@ -196,7 +192,12 @@ def gateway(name: str | None, vnet: str) -> dict:
     gw = lab.topology.gateway(vnet)
     mine = [e for e in lab.events() if e["gateway"] == vnet]
     last = mine[-1] if mine else {}
-    return {"VNetName": vnet, "State": "Provisioned", "VIPAddress": str(gw.public_ip),
+    try:  # the daemon's own answer, not a constant
+        gateways.check_alive(lab.gw_dir(gw))
+        state = "Provisioned"
+    except gateways.GatewayDown:
+        state = "NotResponding (its supervisor restarts it; see LastEventMessage)"
+    return {"VNetName": vnet, "State": state, "VIPAddress": str(gw.public_ip),
             "GatewayType": v.gateway.type.value, "GatewaySKU": v.gateway.sku.value,
             "DefaultSite": None, "DataPlane": lab.dataplane,
             "BandwidthMbps": v.gateway.sku.mbps if lab.sku_limit else None,

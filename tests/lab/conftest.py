@@ -77,6 +77,18 @@ class LabRunner:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def stop_supervisor(lab: LabRunner, name: str) -> None:
+    """Stop a lab's event monitor, which restarts dead gateway daemons: for tests of a daemon that stays dead."""
+    import signal
+    import time
+
+    (pid,) = [e["pid"] for e in lab.journal(name) if e["kind"] == "process" and e["what"] == "event monitor"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while live(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def live(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -7,11 +7,13 @@ import signal
 import subprocess
 import time
 
-from tests.lab.conftest import VNETLAB, live
+from tests.conftest import PLANS
+from tests.lab.conftest import VNETLAB, live, stop_supervisor
 
 
 def _charon_pid(lab, name: str, gateway: str) -> int:
-    return next(e["pid"] for e in lab.journal(name) if e["kind"] == "process" and e["what"] == f"charon {gateway}")
+    """The gateway's current daemon: the last one journalled (the supervisor journals each restart)."""
+    return [e["pid"] for e in lab.journal(name) if e["kind"] == "process" and e["what"] == f"charon {gateway}"][-1]
 
 
 def _key(lab, name: str, vnet: str, site: str) -> str:
@@ -21,6 +23,7 @@ def _key(lab, name: str, vnet: str, site: str) -> str:
 
 def test_changes_against_a_dead_daemon_fail_clearly_and_record_nothing(lab):
     assert lab.cli("up", "--name", "t-dead").returncode == 0
+    stop_supervisor(lab, "t-dead")  # supervision off: the daemon must stay dead for this test
     pid = _charon_pid(lab, "t-dead", "TestVNet1")
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
@@ -73,3 +76,43 @@ def test_concurrent_set_key_loses_no_update(lab):
         time.sleep(0.2)
     assert all(c["connectivity_state"] == "Connected" for c in lab.status("t-conc").values())
     assert lab.ping("t-conc", "TestVNet1/default", "10.41.0.4")
+
+
+def test_a_killed_gateway_daemon_heals_itself(lab):
+    """kill -9 of any gateway's daemon: the supervisor restarts it, traffic crosses again within 10 s
+    with no command typed, and an event names the restart."""
+    cases = [("t-heal", None, [("TestVNet1", "TestVNet1/default", "10.41.0.4"),
+                               ("TestVNet4", "TestVNet4/default", "10.11.0.4")]),
+             ("t-heal3", PLANS / "three-vnet-chain.yaml", [("VNetA", "VNetA/default", None),
+                                                           ("VNetB", "VNetB/default", None),
+                                                           ("VNetC", "VNetC/default", None)])]
+    for name, plan, gateways in cases:
+        assert lab.cli("up", *([str(plan)] if plan else []), "--name", name).returncode == 0
+        hosts = json.loads(lab.cli("nodes", "--name", name, "--json").stdout)["nodes"]
+        address = {n["node"]: n["address"] for n in hosts}
+        for gateway, src, dst in gateways:
+            if dst is None:  # the chain: a host of a neighbour VNet
+                peer = {"VNetA": "VNetB", "VNetB": "VNetC", "VNetC": "VNetB"}[gateway]
+                dst = address[f"{peer}/default"]
+            pid = _charon_pid(lab, name, gateway)
+            os.kill(pid, signal.SIGKILL)
+            killed = time.monotonic()
+            while True:
+                if lab.ping(name, src, dst):
+                    break
+                assert time.monotonic() - killed < 10, f"{gateway}: no traffic {time.monotonic() - killed:.1f} s after kill -9"
+            healed = time.monotonic() - killed
+            assert _charon_pid(lab, name, gateway) != pid  # a new daemon, journalled (down removes it)
+            deadline = time.monotonic() + 5
+            while not _restart_logged(lab, name, gateway):
+                assert time.monotonic() < deadline, f"{gateway}: no restart event"
+                time.sleep(0.1)
+            gw = json.loads(lab.cli("gateway", "--name", name, "--vnet", gateway, "--json").stdout)
+            assert gw["State"] == "Provisioned"  # the daemon's live answer
+            print(f"{name} {gateway}: traffic again {healed:.2f} s after kill -9")
+
+
+def _restart_logged(lab, name: str, gateway: str) -> bool:
+    path = lab.state / name / "events.jsonl"
+    return any(json.loads(line).get("id") == 23402 and json.loads(line)["gateway"] == gateway
+               for line in path.read_text().splitlines() if line.strip())

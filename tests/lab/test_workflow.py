@@ -6,6 +6,7 @@ import time
 import pytest
 
 from tests.conftest import PLANS
+from tests.lab.conftest import stop_supervisor
 
 DEFAULT = PLANS / "classic-vnet-to-vnet.yaml"
 
@@ -131,6 +132,7 @@ def test_dead_gateway_daemon_is_named_and_down_still_cleans(lab):
     import signal
 
     assert lab.cli("up", "--name", "t-dead").returncode == 0
+    stop_supervisor(lab, "t-dead")  # a daemon that stays dead: the supervisor would restart it
     (pid,) = [e["pid"] for e in lab.journal("t-dead") if e["kind"] == "process" and e["what"] == "charon TestVNet4"]
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
