@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from netns import ops
-from netns.registry import Registry
+from netns.registry import Registry, read_jsonl
 
 from . import gateways
 from .plan import LAB_RE, LAB_RULE, parse_plan_text, read_plan_file
@@ -123,17 +123,7 @@ class Lab:
 
     def events(self) -> list[dict]:
         """The gateways' own connection events, oldest first (workers/monitor.py writes them)."""
-        try:
-            lines = (self.directory / EVENTS).read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        found = []
-        for line in lines:
-            try:
-                found.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line being written right now
-        return found
+        return read_jsonl(self.directory / EVENTS)
 
     def with_changes(self, changes: Changes) -> "Lab":
         """This lab as it will be once `changes` are applied (nothing is written)."""

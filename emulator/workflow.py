@@ -116,7 +116,7 @@ def update_site(name: str | None, site: str, gateway_ip: str) -> tuple[Lab, list
                     old_end = next(t for t in lab.topology.gateway(gw.name).tunnels if t.local_site == site)
                     if old_end.remote_ip != end.remote_ip:
                         moved.append((gw, end, old_end))
-        for gw, _end_, _old in moved:
+        for gw, _, _ in moved:  # every gateway answers before anything changes
             gateways.check_alive(new.gw_dir(gw))
         for gw, end, old_end in moved:
             _sync_routes(lab.topology, new.topology, gw.netns)

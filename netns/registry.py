@@ -25,6 +25,22 @@ from . import ops
 JOURNAL = "resources.jsonl"
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of an append-only JSON-lines file; a last line cut short (by a kill, or being
+    written right now) is skipped, and the records before it still count."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    result = []
+    for line in lines:
+        try:
+            result.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return result
+
+
 def start_ticks(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat: when the process started, to recognise a reused pid."""
     try:
@@ -74,17 +90,7 @@ class Registry:
             os.close(fd)
 
     def entries(self) -> list[dict]:
-        try:
-            lines = self.journal.read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        result = []
-        for line in lines:
-            try:
-                result.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill: the entries before it still count
-        return result
+        return read_jsonl(self.journal)
 
     def create_netns(self, name: str) -> None:
         self.record("netns", name=name)

@@ -8,8 +8,8 @@ under qemu and runs the kernel-parametrised lab tests:
    cached outside the work tree and rebuilt only when the package list changes;
 2. qemu boots its kernel directly, with no network; the checkout is shared in over virtio-9p at
    the same path, so the host's venv (made with Debian's own /usr/bin/python3) runs unchanged;
-3. KVM is tried first; a nested KVM guest can hang before the kernel prints its first line, so
-   a timeout on that line falls back to TCG emulation;
+3. KVM is tried first; a nested KVM guest can hang right after the firmware, so a timeout on the
+   guest's first line (a kernel message, or the init's "guest:") falls back to TCG emulation;
 4. the guest runs pytest on the kernel tests and reports their summary and exit status on the
    serial console. A kernel test that skips there fails the run (VNETLAB_REQUIRE_KERNEL).
 Exits 0 only when the tests ran and passed; 3 when the guest cannot be had, with the reason.
@@ -33,7 +33,7 @@ CACHE = Path(os.environ.get("VNETLAB_GUEST_CACHE", "/var/cache/vnetlab-guest"))
 SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 GUEST_EXTRA = ["linux-image-amd64", "kmod", "procps", "nftables", "python3", "iproute2"]
 SELECTION = ["-v", "-m", "lab", "-k", "kernel"]
-FIRST_LINE_TIMEOUT = 20.0  # seconds until the kernel's first line under KVM
+FIRST_LINE_TIMEOUT = 20.0  # seconds under KVM until the guest's first line (its kernel boots `quiet`)
 RUN_TIMEOUT = 45 * 60
 MARK = "VNETLAB-GUEST-EXIT="
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1bc")  # the firmware's and the console's escape codes
@@ -121,12 +121,12 @@ def qemu(img: Path, accel: str) -> list[str]:
 
 
 def boot(img: Path, accel: str) -> int | None:
-    """Run the guest; its exit mark's status, or None when KVM hung before the kernel's first line."""
+    """Run the guest; its exit mark's status, or None when KVM hung before the guest's first line."""
     started = time.monotonic()
     proc = subprocess.Popen(qemu(img, accel), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     fd = proc.stdout.fileno()
-    kernel_seen, status, buffered, summary = accel == "tcg", None, "", ""
+    booted, status, buffered, summary = accel == "tcg", None, "", ""
     try:
         while True:
             ready, _, _ = select.select([fd], [], [], 0.2)
@@ -138,7 +138,7 @@ def boot(img: Path, accel: str) -> int | None:
             for line in lines:
                 line = ANSI.sub("", line).rstrip("\r")
                 if "Linux version" in line or line.startswith(("guest:", "[")):
-                    kernel_seen = True
+                    booted = True
                 if line.startswith(MARK):
                     status = int(line[len(MARK):])
                 elif re.match(r"=+ .*\d+ (passed|failed|error)", line.strip()):
@@ -147,8 +147,8 @@ def boot(img: Path, accel: str) -> int | None:
                 elif line.strip():
                     print(f"  guest | {line}", flush=True)
             elapsed = time.monotonic() - started
-            if not kernel_seen and elapsed > FIRST_LINE_TIMEOUT:
-                print(f"guest: no kernel line after {FIRST_LINE_TIMEOUT:.0f} s under KVM (nested KVM hangs on this "
+            if not booted and elapsed > FIRST_LINE_TIMEOUT:
+                print(f"guest: no line from the guest after {FIRST_LINE_TIMEOUT:.0f} s under KVM (nested KVM hangs on this "
                       "machine kind): falling back to TCG emulation", flush=True)
                 return None
             if elapsed > RUN_TIMEOUT:
