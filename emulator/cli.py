@@ -204,6 +204,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=3.0, metavar="S",
                    help="seconds per throughput measurement and direction (default: 3)")
 
+    def gateway_choice(p: argparse.ArgumentParser) -> None:
+        _name_arg(p)
+        which = p.add_mutually_exclusive_group()
+        which.add_argument("--vnet", metavar="VNET", help="only this VNet's gateway")
+        which.add_argument("--site", metavar="SITE", help="only this on-premises site's VPN device")
+
+    p = cmd("capture", "record the gateways' backbone links, with the keys to decrypt them",
+            "Capture each chosen gateway's link to the backbone into DIR/GATEWAY.pcap (everything: IKE, "
+            "ESP, ICMP), until Ctrl-C or --duration. Then write Wireshark's key tables for every IKE and ESP "
+            "SA the gateways negotiated, rekeys included, into DIR/wireshark/ (files of mode 0600: session "
+            "keys of this lab, never its pre-shared keys), and print how to open the pcaps decrypted: the "
+            "preference files to copy, and a tshark command line.")
+    gateway_choice(p)
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory for the pcaps and tables")
+    p.add_argument("--duration", type=_seconds(0.1, 86400), metavar="S",
+                   help="stop after S seconds (default: run until Ctrl-C)")
+    p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
+
+    p = cmd("trace", "the IKE conversation of a lab, decrypted, one line per message",
+            "Read what crossed the backbone since 'up' (the lab records every IKE message), decode it and "
+            "decrypt IKEv2's encrypted payloads with the gateways' session keys. One line per message: time, "
+            "sender -> receiver, exchange (IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA, INFORMATIONAL; IKEv1 Main, "
+            "Aggressive and Quick Mode), request or response, message ID, and the payloads: proposals, KE "
+            "group, NAT detection, IDs, traffic selectors, notifies such as AUTHENTICATION_FAILED or "
+            "TS_UNACCEPTABLE, deletes; an empty INFORMATIONAL is a liveness check (DPD). No key is printed.")
+    gateway_choice(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per message (JSON lines)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new messages until Ctrl-C")
+
     p = cmd("down", "remove a lab: every namespace, process and file it created",
             "Remove exactly what 'up' recorded: daemons (by pid), namespaces with their links, and the "
             "lab's state directory. Safe to run twice, and after an interrupted 'up'.")
@@ -361,4 +390,6 @@ HANDLERS = {
     "disconnect": _lab_command("disconnect"),
     "connect": _lab_command("connect"),
     "demo": _lab_command("demo"),
+    "capture": _lab_command("capture"),
+    "trace": _lab_command("trace"),
 }

@@ -268,3 +268,80 @@ def demo(args: argparse.Namespace) -> int:
     from .demo import run
 
     return run(args.scenario, args.name or f"demo-{args.scenario}", args.ike)
+
+
+def capture(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .capture import capture as run_capture, choose_gateways
+    from .keytables import how_to_open, tshark_options
+
+    lab = labmod.open_lab(args.name)
+    chosen = choose_gateways(lab, args.vnet, args.site)
+    if not args.json:
+        until = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
+        print(f"capturing {', '.join(g.name for g in chosen)} {until} …", file=sys.stderr)
+    result = run_capture(lab, chosen, Path(args.output), args.duration)
+    kt = result.tables
+    if args.json:
+        print_json({"lab": lab.name, "seconds": round(result.seconds, 3), "pcaps": [str(p) for p in result.pcaps],
+                    "wireshark_dir": str(result.wireshark_dir), "ikev2_sas": len(kt.ikev2_decryption_table),
+                    "ikev1_sas": len(kt.ikev1_decryption_table), "esp_sas": len(kt.esp_sa),
+                    "tshark": ["tshark", "-r", str(result.pcaps[0]), *tshark_options(kt)]})
+        return ExitCode.OK
+    print(f"captured {result.seconds:.1f} s:")
+    for p in result.pcaps:
+        print(f"  {p}  ({p.stat().st_size if p.exists() else 0} bytes)")
+    print(f"key tables (session keys, mode 0600): {result.wireshark_dir}/  {len(kt.ikev2_decryption_table)} IKEv2 "
+          f"SA(s), {len(kt.ikev1_decryption_table)} IKEv1 SA(s), {len(kt.esp_sa)} ESP SA(s)")
+    for line in how_to_open(kt, result.wireshark_dir, result.pcaps):
+        print(line)
+    return ExitCode.OK
+
+
+def trace(args: argparse.Namespace) -> int:
+    import json
+    import signal
+    import time
+
+    from .capture import IKE_PCAP, choose_gateways
+    from .keylog import IkeKeys
+    from .keytables import read_records
+    from .problems import EnvironmentProblem
+    from .trace import Tracer, read_pcap
+
+    lab = labmod.open_lab(args.name)
+    chosen = choose_gateways(lab, args.vnet, args.site)
+    only = {str(g.public_ip) for g in chosen} if (args.vnet or args.site) else None
+    path = lab.directory / IKE_PCAP
+    if not path.exists():
+        raise EnvironmentProblem(f"lab '{lab.name}' has no IKE recording ({path}): it was built by an older "
+                                 "vnetlab; rebuild it with 'vnetlab down' and 'vnetlab up'")
+    dirs = [lab.gw_dir(g) for g in lab.topology.gateways]
+    tracer = Tracer(lambda: [r for r in read_records(dirs) if isinstance(r, IkeKeys)],
+                    {str(g.public_ip): g.name for g in lab.topology.gateways})
+    if not args.json:
+        print(f"lab '{lab.name}': IKE messages on the backbone since up"
+              + (f", to or from {', '.join(g.name for g in chosen)}" if only else ""))
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    shown = 0
+    try:
+        with open(path, "rb") as fh:
+            for item in read_pcap(fh):
+                if item is None:
+                    if not args.follow:
+                        break
+                    time.sleep(0.2)
+                    continue
+                msg = tracer.message(*item)
+                if msg is None or (only and msg.src not in only and msg.dst not in only):
+                    continue
+                shown += 1
+                print(json.dumps(msg.as_dict()) if args.json else msg.line(), flush=args.follow)
+    except KeyboardInterrupt:
+        pass  # the way to end --follow
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not shown and not args.json:
+        print("no IKE messages recorded")
+    return ExitCode.OK

@@ -32,6 +32,7 @@ from . import gateways
 from .plan import LAB_RE, LAB_RULE, parse_plan_text, read_plan_file
 from .model import Plan, SharedKey
 from .problems import EnvironmentProblem, Problem, UsageError
+from .keylog import KEY_PIPE
 from .render import render_gateway, write_rendered
 from .swanconf import read_gateway_config
 from .topology import GatewayNode, Topology, TunnelEnd, build_topology
@@ -219,6 +220,8 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
         if not LAB_RE.match(name):
             raise UsageError(f"--name '{name}' is not a valid lab name: use {LAB_RULE}")
         plan = replace(plan, name=name)
+    from .capture import start_ike_recorder
+
     require_root()
     gateways.check_strongswan()
     topo = build_topology(plan)
@@ -248,6 +251,8 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
         (directory / LAB_META).write_text(json.dumps({"name": plan.name, "dataplane": chosen, "created": created,
                                                       "sku_limit": sku_limit}))
         lab = Lab(directory, plan, topo, chosen, created, sku_limit)
+        _start_key_recorder(lab, registry)
+        start_ike_recorder(directory, topo.backbone, registry)
         _start_gateways(lab, registry, time.monotonic() + 10)
         _start_monitor(lab, registry)
         connect_all(lab, timeout)
@@ -365,7 +370,7 @@ def _start_gateways(lab: Lab, registry: Registry, deadline: float) -> None:
     procs = []
     for gw in lab.topology.gateways:
         directory = lab.gw_dir(gw)
-        write_rendered([render_gateway(gw, directory, lab.dataplane)])
+        write_rendered([render_gateway(gw, directory, lab.dataplane, keylog=True)])
         proc = gateways.start_charon(gw.netns, directory, lab.directory)
         registry.adopt_process(proc.pid, f"charon {gw.name}")
         procs.append((gw, proc))
@@ -400,17 +405,34 @@ def restart_gateway(lab: Lab, gw: GatewayNode) -> float:
     return time.monotonic() - started
 
 
+def _start_key_recorder(lab: Lab, registry: Registry) -> None:
+    """The session-key recorder (workers/keylog.py), before any daemon: each daemon's key log is
+    a FIFO that this worker holds open, so the daemon never waits on it."""
+    for gw in lab.topology.gateways:
+        directory = lab.gw_dir(gw)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.mkfifo(directory / KEY_PIPE, 0o600)
+    _start_worker(registry, "key recorder", "emulator.workers.keylog",
+                  [f"{gw.name}={lab.gw_dir(gw)}" for gw in lab.topology.gateways])
+
+
+def _start_worker(registry: Registry, what: str, module: str, args: list[str]) -> None:
+    """A long-lived helper of the lab, in the host namespace, journalled by pid; it prints
+    "ready" once it can do its work."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True, cwd=WORKER_CWD)
+    registry.adopt_process(proc.pid, what)
+    if proc.stdout.readline().strip() != "ready":
+        raise EnvironmentProblem(f"the {what} did not start")
+    proc.stdout.close()
+
+
 def _start_monitor(lab: Lab, registry: Registry) -> None:
     """The event recorder (workers/monitor.py), in the host namespace: it only talks to the vici
     sockets. It exits by itself when the daemons go; `down` also stops it by its journalled pid."""
-    argv = [sys.executable, "-m", "emulator.workers.monitor", str(lab.directory),
-            *(f"{gw.name}={lab.gw_dir(gw)}" for gw in lab.topology.gateways)]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, start_new_session=True, cwd=WORKER_CWD)
-    registry.adopt_process(proc.pid, "event monitor")
-    if proc.stdout.readline().strip() != "ready":
-        raise EnvironmentProblem("the event monitor did not start")
-    proc.stdout.close()
+    _start_worker(registry, "event monitor", "emulator.workers.monitor",
+                  [str(lab.directory), *(f"{gw.name}={lab.gw_dir(gw)}" for gw in lab.topology.gateways)])
 
 
 def connect_all(lab: Lab, timeout: float) -> None:

@@ -54,8 +54,11 @@ def gateway_dir(base: Path, gw: GatewayNode) -> Path:
     return base / gw.name
 
 
-def render_gateway(gw: GatewayNode, directory: Path, dataplane: str) -> RenderedGateway:
-    ctx = {"gw": gw, "dir": str(directory), "dataplane": dataplane}
+def render_gateway(gw: GatewayNode, directory: Path, dataplane: str, keylog: bool = False) -> RenderedGateway:
+    """keylog: the lab's daemons also log their session keys into the FIFO workers/keylog.py
+    reads. Never for `vnetlab render`: without that reader the log would be a plain file, and
+    charon's level 4 prints the pre-shared key."""
+    ctx = {"gw": gw, "dir": str(directory), "dataplane": dataplane, "keylog": keylog}
     files = {name: _env.get_template(f"{name}.j2").render(ctx) for name in FILES}
     return RenderedGateway(gw, directory, files)
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from netns.registry import Registry
 
+from .capture import key_tables
+from .keytables import write_tables
 from .lab import WORKER_CWD, Lab
 from .model import UserCheck
 from .problems import EnvironmentProblem, UsageError
@@ -288,6 +290,8 @@ def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: fl
                                        timeout=60)
         if capture.returncode != 0:
             raise EnvironmentProblem(f"backbone capture failed: {err[-500:]}")
+        if pcap_dir is not None:
+            write_tables(key_tables(lab), pcap_dir)  # the pcaps' ESP, decryptable in Wireshark
         return ProbeRun(set(result["answered"]), result["refused"], result["drops"], result["unresolved"],
                         json.loads(out))
     finally:

@@ -1,0 +1,132 @@
+"""Packets on the backbone, kept by tcpdump: the lab's IKE recording, and `vnetlab capture`.
+
+- The IKE recorder runs for the whole life of a lab, in the backbone namespace: every IKE
+  message (UDP 500, and UDP 4500 with the non-ESP marker) entering the backbone, each once,
+  into LAB/ike.pcap. The kernel's filter keeps ESP out, so tunnel traffic costs it nothing.
+  `vnetlab trace` reads it.
+- `vnetlab capture` records each chosen gateway's backbone link, everything on it, into
+  DIR/GATEWAY.pcap, and writes Wireshark's key tables beside them.
+tcpdump, not scapy, writes the files: a C program with the kernel's BPF filter, kept by Debian.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from netns.registry import Registry
+
+from .keytables import KeyTables, read_records, tables, write_tables
+from .lab import WORKER_CWD, Lab
+from .problems import EnvironmentProblem, UsageError
+from .topology import GatewayNode
+
+IKE_PCAP = "ike.pcap"
+IKE_FILTER = "udp port 500 or (udp port 4500 and udp[8:4] = 0)"
+
+
+def _tcpdump() -> str:
+    path = shutil.which("tcpdump")
+    if path is None:
+        raise EnvironmentProblem("tcpdump is missing: run 'sudo scripts/install.sh' (or 'make lab'), or "
+                                 "apt-get install tcpdump")
+    return path
+
+
+def start_tcpdump(registry: Registry, what: str, netns: str, iface: str, path: Path,
+                  bpf: str | None = None, inbound_only: bool = False) -> subprocess.Popen:
+    """tcpdump in a lab namespace, writing each packet as it comes (-U), journalled by pid; returns
+    once it listens. It runs as root (-Z root): the lab's state directory is root's alone."""
+    argv = ["ip", "netns", "exec", netns, _tcpdump(), "-i", iface, "-n", "-s", "0", "-U", "-Z", "root",
+            "--immediate-mode", "-w", str(path), *(["-Q", "in"] if inbound_only else []), *([bpf] if bpf else [])]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, cwd=WORKER_CWD)
+    registry.adopt_process(proc.pid, what)
+    said = []
+    for line in proc.stderr:
+        said.append(line.strip())
+        if "listening on" in line:
+            proc.stderr.close()
+            return proc
+    proc.wait()
+    raise EnvironmentProblem(f"{what} did not start: {' '.join(said)[-300:]}")
+
+
+def start_ike_recorder(lab_dir: Path, backbone: str, registry: Registry) -> None:
+    start_tcpdump(registry, "ike recorder", backbone, "any", lab_dir / IKE_PCAP, IKE_FILTER, inbound_only=True)
+
+
+def choose_gateways(lab: Lab, vnet: str | None, site: str | None) -> list[GatewayNode]:
+    """--vnet V: V's gateway; --site S: the on-premises device of site S; neither: every gateway."""
+    if vnet is None and site is None:
+        return list(lab.topology.gateways)
+    wanted, flag = (vnet, "--vnet") if vnet is not None else (site, "--site")
+    kind = "vnet" if vnet is not None else "onprem"
+    found = [g for g in lab.topology.gateways if g.name == wanted and (g.kind == kind)]
+    if not found:
+        names = sorted(g.name for g in lab.topology.gateways if g.kind == kind)
+        what = "VNets with a gateway" if kind == "vnet" else "on-premises sites with a VPN device"
+        raise UsageError(f"{flag} {wanted}: no such gateway in lab '{lab.name}'; {what}: "
+                         f"{', '.join(names) or 'none'}")
+    return found
+
+
+def backbone_iface(lab: Lab, gw: GatewayNode) -> str:
+    return next(v.if_a for v in lab.topology.veths if v.ns_a == lab.topology.backbone and v.ns_b == gw.netns)
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    pcaps: list[Path]
+    tables: KeyTables
+    wireshark_dir: Path
+    seconds: float
+
+
+def capture(lab: Lab, chosen: list[GatewayNode], out: Path, duration: float | None) -> CaptureResult:
+    """Record until `duration` seconds passed, or until Ctrl-C / SIGTERM (the normal way to stop
+    an open-ended capture); then the key tables, which then hold every SA the pcaps can show."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"-o {out}: cannot create: {exc.strerror or exc}") from None
+    registry = Registry(lab.directory)
+    procs, pcaps = [], []
+    started = time.monotonic()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        for gw in chosen:
+            path = out.resolve() / f"{gw.name}.pcap"
+            path.unlink(missing_ok=True)
+            procs.append(start_tcpdump(registry, "capture", lab.topology.backbone, backbone_iface(lab, gw), path))
+            pcaps.append(path)
+        try:
+            deadline = started + duration if duration else None
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(0.05 if deadline is None else min(0.05, max(0.0, deadline - time.monotonic())))
+        except KeyboardInterrupt:
+            pass
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        signal.signal(signal.SIGTERM, previous)
+    kt = key_tables(lab)
+    return CaptureResult(pcaps, kt, write_tables(kt, out), time.monotonic() - started)
+
+
+def key_tables(lab: Lab) -> KeyTables:
+    return tables(read_records([lab.gw_dir(gw) for gw in lab.topology.gateways]))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

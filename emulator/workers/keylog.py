@@ -1,0 +1,54 @@
+"""Read each gateway's level-4 log from its FIFO and keep only the session keys (emulator/keylog.py).
+
+argv: NAME=GATEWAY_DIR per gateway. Opens GATEWAY_DIR/keys.pipe (made by `up` before the
+daemons start) for reading and writing, so a daemon opening it never blocks and never sees a
+closed pipe, not even across a restart. Appends one JSON line per SA to GATEWAY_DIR/keys.jsonl
+(mode 0600). Prints "ready" once every FIFO is open. Started before the daemons and stopped by
+`down` by its journalled pid; it also exits when the lab's state directory is gone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import selectors
+import sys
+from pathlib import Path
+
+from emulator.keylog import KEY_PIPE, KEYS_FILE, KeyLogParser
+
+PIPE_SIZE = 1 << 20  # a burst of handshakes must not make a daemon wait on its log
+
+
+def main() -> None:
+    sel = selectors.DefaultSelector()
+    gateways = [arg.split("=", 1) for arg in sys.argv[1:]]
+    for name, directory in gateways:
+        fd = os.open(Path(directory) / KEY_PIPE, os.O_RDWR | os.O_NONBLOCK)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # above /proc/sys/fs/pipe-max-size: the default size still works
+        out = os.open(Path(directory) / KEYS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        sel.register(fd, selectors.EVENT_READ, (KeyLogParser(name), out, bytearray()))
+    print("ready", flush=True)
+    sys.stdout.close()
+    lab_dir = Path(gateways[0][1]).parent if gateways else None
+    while lab_dir is not None and lab_dir.exists():
+        for key, _ in sel.select(timeout=1.0):
+            parser, out, pending = key.data
+            try:
+                chunk = os.read(key.fd, 65536)
+            except BlockingIOError:
+                continue
+            pending += chunk
+            *lines, rest = pending.split(b"\n")
+            pending[:] = rest
+            records = [r for line in lines for r in parser.feed(line.decode("utf-8", "replace"))]
+            if records:
+                os.write(out, "".join(json.dumps(r.to_json()) + "\n" for r in records).encode())
+
+
+if __name__ == "__main__":
+    main()
