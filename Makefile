@@ -57,7 +57,7 @@ down-all: venv
 	$(SUDO) $(BIN)/vnetlab down --all
 
 test: venv
-	@if [ "$$(id -u)" -eq 0 ]; then $(MAKE) -s install; fi
+	@if [ "$$(id -u)" -eq 0 ]; then sh scripts/install.sh --test; fi
 	$(BIN)/pytest -q
 
 # The kernel data plane's lab tests in a Debian 12 guest (tests/kernel_guest.py): test infrastructure

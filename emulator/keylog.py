@@ -98,6 +98,7 @@ class _Thread:
     child: str = ""
     conn: str = ""
     child_keys: dict[str, str] = field(default_factory=dict)
+    ike_keys: dict[str, str] = field(default_factory=dict)  # derived, not yet tied to an SA's SPIs
     pending: str = ""  # "inbound" / "outbound" after an "adding … ESP SA" line
 
 
@@ -124,7 +125,7 @@ class KeyLogParser:
                     name, size = th.dump
                     if len(th.buffer) >= size:
                         th.dump = None
-                        return self._dumped(th, name, bytes(th.buffer[:size]).hex(), int(uid) if uid else None)
+                        self._dumped(th, name, bytes(th.buffer[:size]).hex())
                 return []
             th.dump, th.skipping = None, False
         head = _DUMP_HEAD.match(text)
@@ -141,9 +142,13 @@ class KeyLogParser:
 
     def _line(self, th: _Thread, conn: str | None, uid: int | None, text: str) -> list[IkeKeys | EspKeys]:
         if (c := _CHECKIN.match(text)) is not None:
-            ike = self.ikes.setdefault(int(c.group(3)), _Ike())
+            number = int(c.group(3))
+            ike = self.ikes.setdefault(number, _Ike())
             ike.version, ike.conn, ike.spi_i, ike.spi_r = int(c.group(1)), c.group(2), c.group(4), c.group(5)
-            return self._ike_ready(int(c.group(3)))
+            if th.ike_keys:  # keys this thread derived belong to the SA it checks in next: a rekey
+                ike.keys, th.ike_keys = th.ike_keys, {}  # derives the new SA's keys under the old SA's name
+                ike.proposal = th.ike_proposal or ike.proposal
+            return self._ike_ready(number)
         if (p := _PROPOSAL.match(text)) is not None:
             if p.group(1) == "IKE":
                 th.ike_proposal = p.group(2)
@@ -156,7 +161,7 @@ class KeyLogParser:
             return []
         if (p := _PARSED.match(text)) is not None:  # a new message for this thread: forget the last one's
             th.initiator = p.group(2) == "response"
-            th.ike_proposal = th.esp_proposal = ""
+            th.ike_proposal = th.esp_proposal = ""  # (a responder derives IKE keys just before this line)
             return []
         if (c := _CHILD.match(text)) is not None:
             th.child, th.conn, th.child_keys = c.group(1), conn or "", {}
@@ -171,17 +176,11 @@ class KeyLogParser:
             return self._esp(th, direction, *s.groups())
         return []
 
-    def _dumped(self, th: _Thread, name: str, value: str, uid: int | None) -> list[IkeKeys | EspKeys]:
+    def _dumped(self, th: _Thread, name: str, value: str) -> None:
         if name in CHILD_KEYS.values():
             th.child_keys[name] = value
-            return []
-        if uid is None:
-            return []
-        ike = self.ikes.setdefault(uid, _Ike())
-        ike.keys[name] = value
-        if not ike.proposal and th.ike_proposal:
-            ike.proposal = th.ike_proposal  # an IKE rekey selects under the old SA's name, derives under the new
-        return self._ike_ready(uid)
+            return
+        th.ike_keys[name] = value
 
     def _ike_ready(self, uid: int) -> list[IkeKeys | EspKeys]:
         ike = self.ikes[uid]

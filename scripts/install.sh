@@ -1,10 +1,16 @@
 #!/bin/sh
 # Install what vnetlab needs on Debian 12 / Ubuntu 22.04 / 24.04 (as root, or through sudo).
 # One script for `make lab`, CI and the Vagrant VM. Safe to run again: installs only what is missing.
+# With --test (make test does this as root) also what the tests need beyond the lab itself.
 set -eu
 
 PACKAGES="strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
 libstrongswan-standard-plugins iproute2 iputils-ping iperf3 tcpdump graphviz make python3 python3-venv python3-pip"
+# tshark: Wireshark's dissectors, the tests' independent judge of the key tables and captures
+TEST_PACKAGES="tshark"
+if [ "${1:-}" = "--test" ]; then
+    PACKAGES="$PACKAGES $TEST_PACKAGES"
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then

@@ -65,7 +65,7 @@ def fail(why: str, code: int = 3) -> None:
 
 def packages() -> list[str]:
     text = (ROOT / "scripts" / "install.sh").read_text()
-    names = re.search(r'PACKAGES="([^"]*)"', text, re.S).group(1).split()
+    names = [n for m in re.finditer(r'^(?:TEST_)?PACKAGES="([^"]*)"', text, re.S | re.M) for n in m.group(1).split()]
     return sorted(set(names) - {"graphviz", "make", "python3-pip"} | set(GUEST_EXTRA))
 
 

@@ -1,0 +1,179 @@
+"""Pure parts of issue 11: keys out of charon's log, Wireshark's table formats, the IKE trace.
+
+The fixtures are real: charon's level-4 logs of the default plan (IKEv2: a CHILD_SA rekey and an
+IKE_SA rekey; IKEv1: a Quick Mode rekey), and IKE recordings with the keys the lab logged."""
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from emulator.keylog import EspKeys, IkeKeys, KeyLogParser, from_json
+from emulator.keytables import (esp_authentication, esp_encryption, esp_row, ikev1_row, ikev2_encryption,
+                                ikev2_integrity, ikev2_row, tables, tshark_options)
+from emulator.trace import Tracer, read_pcap
+
+DATA = Path(__file__).parent.parent / "data"
+PSK = b"A1b2C3D4"
+
+
+def parse(path: Path, gateway: str) -> list:
+    parser = KeyLogParser(gateway)
+    return [r for line in path.read_text().splitlines() for r in parser.feed(line)]
+
+
+@pytest.fixture(scope="module")
+def ikev2():
+    return (parse(DATA / "keylog" / "ikev2-TestVNet1.log", "TestVNet1"),
+            parse(DATA / "keylog" / "ikev2-TestVNet4.log", "TestVNet4"))
+
+
+def test_the_log_holds_the_psk_and_the_records_do_not():
+    log = (DATA / "keylog" / "ikev2-TestVNet1.log").read_text()
+    assert "41 31 62 32 43 33 44 34" in log  # level 4 prints the pre-shared key: why the log is a FIFO
+    for gw in ("TestVNet1", "TestVNet4"):
+        for r in parse(DATA / "keylog" / f"ikev2-{gw}.log", gw):
+            text = json.dumps(r.to_json())
+            assert PSK.decode() not in text and PSK.hex() not in text.lower()
+
+
+def test_ikev2_keys_of_both_sides_agree_through_rekeys(ikev2):
+    one, four = ikev2
+    ike1 = {(r.spi_i, r.spi_r): r for r in one if isinstance(r, IkeKeys)}
+    ike4 = {(r.spi_i, r.spi_r): r for r in four if isinstance(r, IkeKeys)}
+    assert len(ike1) == 2 and ike1.keys() == ike4.keys()  # the first IKE_SA and its rekey
+    for spis, r in ike1.items():
+        assert (r.sk_ei, r.sk_er) == (ike4[spis].sk_ei, ike4[spis].sk_er)
+        assert r.version == 2 and r.proposal.startswith("AES_GCM_16_256") and len(bytes.fromhex(r.sk_ei)) == 36
+    esp1 = {(r.spi, r.dst): r for r in one if isinstance(r, EspKeys)}
+    esp4 = {(r.spi, r.dst): r for r in four if isinstance(r, EspKeys)}
+    assert len(esp1) == 4 and esp1.keys() == esp4.keys()  # two CHILD_SAs, each direction
+    for sa, r in esp1.items():
+        assert r.encr_key == esp4[sa].encr_key, sa  # who initiated decides which derived key is whose
+        assert r.src != r.dst and r.proposal.startswith("AES_GCM_16_256")
+    assert {r.conn for r in esp1.values()} == {"VNet4Local"}
+
+
+def test_ikev1_phase1_key_and_quick_mode_keys():
+    one = parse(DATA / "keylog" / "ikev1-TestVNet1.log", "TestVNet1")
+    four = parse(DATA / "keylog" / "ikev1-TestVNet4.log", "TestVNet4")
+    (k1,) = {r.spi_i: r for r in one if isinstance(r, IkeKeys)}.values()
+    named = [r for r in four if isinstance(r, IkeKeys) and r.conn == "VNet1Local"]
+    assert k1.version == 1 and k1.ka and named and named[-1].ka == k1.ka
+    assert k1.proposal.startswith("AES_CBC_256/HMAC_SHA1_96")
+    esp1 = {(r.spi, r.dst): r.encr_key for r in one if isinstance(r, EspKeys)}
+    esp4 = {(r.spi, r.dst): r.encr_key for r in four if isinstance(r, EspKeys)}
+    assert len(esp1) >= 4 and esp1 == esp4
+
+
+def test_a_dump_cut_by_another_line_is_dropped_not_misread():
+    p = KeyLogParser("gw")
+    assert p.feed("12[IKE] <c|1> Sk_ei secret => 36 bytes @ 0x1") == []
+    assert p.feed("12[IKE] <c|1>    0: 00 11 22 33 44 55 66 77 88 99 AA BB CC DD EE FF  ................") == []
+    assert p.feed("12[IKE] <c|1> something else") == []  # the dump ended early: nothing half-filled is kept
+    assert p.ikes.get(1) is None or "sk_ei" not in p.ikes[1].keys
+
+
+def test_wireshark_names_and_rows():
+    assert ikev2_encryption("AES_GCM_16_256/PRF_HMAC_SHA2_256/MODP_1024") == "AES-GCM-256 with 16 octet ICV [RFC5282]"
+    assert ikev2_integrity("AES_GCM_16_256/PRF_HMAC_SHA2_256/MODP_1024") == "NONE [RFC4306]"
+    assert ikev2_encryption("AES_CBC_128/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048") == "AES-CBC-128 [RFC3602]"
+    assert ikev2_integrity("AES_CBC_128/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048") == "HMAC_SHA2_256_128 [RFC4868]"
+    assert ikev2_encryption("3DES_CBC/HMAC_SHA1_96/PRF_HMAC_SHA1/MODP_1024") == "3DES [RFC2451]"
+    assert esp_encryption("AES_GCM_16_256/NO_EXT_SEQ") == "AES-GCM with 16 octet ICV [RFC4106]"
+    assert esp_authentication("AES_GCM_16_256/NO_EXT_SEQ") == "NULL"
+    assert esp_encryption("3DES_CBC/HMAC_SHA1_96/NO_EXT_SEQ") == "TripleDES-CBC [RFC2451]"
+    assert esp_authentication("AES_CBC_256/HMAC_SHA1_96/NO_EXT_SEQ") == "HMAC-SHA-1-96 [RFC2404]"
+    ike = IkeKeys("g", "c", 2, "00" * 8, "11" * 8, "AES_GCM_16_128/PRF_HMAC_SHA2_256/MODP_1024", "aa" * 20, "bb" * 20)
+    assert ikev2_row(ike) == (f"{'00' * 8},{'11' * 8},{'aa' * 20},{'bb' * 20},"
+                              '"AES-GCM-128 with 16 octet ICV [RFC5282]",,,"NONE [RFC4306]"')
+    assert ikev1_row(IkeKeys("g", "c", 1, "ab" * 8, "cd" * 8, "AES_CBC_256/HMAC_SHA1_96", ka="ee" * 32)) == \
+        f"{'ab' * 8},{'ee' * 32}"
+    esp = EspKeys("g", "c", "c", "c0ffee01", "203.0.113.1", "203.0.113.3", "AES_CBC_256/HMAC_SHA1_96/NO_EXT_SEQ",
+                  "11" * 32, "22" * 20)
+    assert esp_row(esp) == ('"IPv4","203.0.113.1","203.0.113.3","0xc0ffee01","AES-CBC [RFC3602]",'
+                            f'"0x{"11" * 32}","HMAC-SHA-1-96 [RFC2404]","0x{"22" * 20}"')
+
+
+def test_tables_keep_each_sa_once_and_skip_what_wireshark_cannot_decrypt(ikev2):
+    one, four = ikev2
+    kt = tables(one + four)
+    assert len(kt.ikev2_decryption_table) == 2 and len(kt.esp_sa) == 4 and kt.ikev1_decryption_table == ()
+    odd = EspKeys("g", "c", "c", "01020304", "a", "b", "CHACHA20_POLY1305_256/NO_EXT_SEQ", "00")
+    assert tables([odd]).esp_sa == ()
+    opts = tshark_options(kt)
+    assert opts.count("-o") == 2 + 6 and "esp.enable_encryption_decode:TRUE" in opts
+
+
+def trace(name: str) -> list:
+    keys = [from_json(json.loads(line)) for line in (DATA / "trace" / f"{name}-keys.jsonl").read_text().splitlines()]
+    tracer = Tracer(lambda: [k for k in keys if isinstance(k, IkeKeys)],
+                    {"203.0.113.1": "TestVNet1", "203.0.113.3": "TestVNet4"})
+    out = []
+    with open(DATA / "trace" / f"{name}.pcap", "rb") as fh:
+        for item in read_pcap(fh):
+            if item is None:
+                break
+            m = tracer.message(*item)
+            if m:
+                out.append(m)
+    return out
+
+
+def test_trace_of_a_psk_mismatch_names_the_notify_and_prints_no_key():
+    msgs = trace("gcm")
+    kinds = [(m.exchange, m.response) for m in msgs]
+    assert kinds[:4] == [("IKE_SA_INIT", False), ("IKE_SA_INIT", True), ("IKE_AUTH", False), ("IKE_AUTH", True)]
+    assert ("CREATE_CHILD_SA", False) in kinds
+    assert all(m.decrypted for m in msgs if m.exchange != "IKE_SA_INIT")
+    last = msgs[-1]
+    assert (last.exchange, last.response, last.notifies) == ("IKE_AUTH", True, ["AUTHENTICATION_FAILED"])
+    assert last.line().endswith("IKE_AUTH response msg 1: N(AUTHENTICATION_FAILED)")
+    assert any(p.startswith("TSi(10.11.0.0/16, 10.12.0.0/16)") for p in msgs[2].payloads)
+    text = json.dumps([m.as_dict() for m in msgs]) + "".join(m.line() for m in msgs)
+    for line in (DATA / "trace" / "gcm-keys.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for field in ("sk_ei", "sk_er", "encr_key"):
+            if record.get(field):
+                assert record[field] not in text
+
+
+def test_trace_decrypts_cbc_with_hmac_and_refuses_a_forged_message():
+    msgs = trace("cbc")
+    assert any(m.exchange == "CREATE_CHILD_SA" and m.decrypted for m in msgs)
+    assert all(m.decrypted for m in msgs if m.exchange != "IKE_SA_INIT")
+    keys = [from_json(json.loads(line)) for line in (DATA / "trace" / "cbc-keys.jsonl").read_text().splitlines()]
+    tracer = Tracer(lambda: [k for k in keys if isinstance(k, IkeKeys)], {})
+    with open(DATA / "trace" / "cbc.pcap", "rb") as fh:
+        packets = _all(fh)
+    ts, pkt = packets[2]  # IKE_AUTH request
+    raw = bytearray(bytes(pkt))
+    raw[-20] ^= 0x01  # one bit of the ciphertext
+    forged = type(pkt)(bytes(raw))
+    assert tracer.message(ts, forged).decrypted is False
+
+
+def _all(fh):
+    out = []
+    for item in read_pcap(fh):
+        if item is None:
+            return out
+        out.append(item)
+
+
+def test_read_pcap_waits_at_the_end_of_a_growing_file():
+    data = (DATA / "trace" / "gcm.pcap").read_bytes()
+    grow = io.BytesIO()
+    reader = read_pcap(grow)
+    assert next(reader) is None  # not even a header yet
+    grow.write(data[:100])
+    grow.seek(0)
+    first = next(reader)
+    assert first is None or first[1] is not None
+    pos = grow.tell()
+    grow.seek(0, io.SEEK_END)
+    grow.write(data[100:])
+    grow.seek(pos)
+    got = [x for x in (next(reader) for _ in range(30)) if x is not None]
+    assert len(got) == len(_all(open(DATA / "trace" / "gcm.pcap", "rb")))
