@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from scapy.contrib.ikev2 import IKEv2, IKEv2NotifyMessageTypes
 from scapy.layers.inet import IP, UDP
-from scapy.layers.isakmp import ISAKMP
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Ether
 
 from .keylog import IkeKeys
@@ -58,6 +57,7 @@ class Message:
     payloads: list[str]
     notifies: list[str] = field(default_factory=list)
     decrypted: bool | None = None  # None: nothing was encrypted; False: encrypted, no key opened it
+    note: str = ""  # what the keys say about an IKEv1 message (which side can read it)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -66,8 +66,10 @@ class Message:
         kind = "response" if self.response else "request"
         who = f"{self.src_name or self.src} ({self.src}) → {self.dst_name or self.dst} ({self.dst})"
         body = " ".join(self.payloads) if self.payloads else "(empty)"
-        if self.decrypted is False:
+        if self.decrypted is False and not self.note:
             body += "  [encrypted; no key table entry opens it]"
+        if self.note:
+            body += f"  [{self.note}]"
         return f"{self.time[11:23]}  {who}  {self.exchange} {kind} msg {self.message_id}: {body}"
 
 
@@ -118,6 +120,7 @@ class Tracer:
         self._reload()
         self.names = names
         self.start: float | None = None
+        self.v1: dict[str, _V1State] = {}
 
     def _reload(self) -> None:
         self.keys = {}
@@ -179,13 +182,97 @@ class Tracer:
     # -- IKEv1 ---------------------------------------------------------------------------------
 
     def _v1(self, raw: bytes, base: dict) -> Message:
+        """IKEv1 has no response flag and no integrity on its encrypted payloads: who sent a message
+        follows from who sent the SA's first one, and a key "opens" a message when the plaintext
+        is a well-formed payload chain. The CBC IVs come from the wire (RFC 2409 appendix B)."""
         exch, flags, msgid = raw[18], raw[19], struct.unpack("!I", raw[20:24])[0]
-        encrypted = bool(flags & 0x01)
-        # IKEv1 has no response flag: in Main Mode the responder's cookie is zero only in message 1,
-        # and the initiator's messages go to the peer that answered; order is what tells them apart
-        payloads = ["encrypted{…}"] if encrypted else _describe_v1(ISAKMP(raw))
-        return Message(exchange=EXCHANGES_V1.get(exch, f"exchange {exch}"), response=False, message_id=msgid,
-                       payloads=payloads, notifies=[], decrypted=False if encrypted else None, **base)
+        sa = self.v1.setdefault(base["spi_i"], _V1State())
+        if not sa.initiator and raw[8:16] == b"\0" * 8:
+            sa.initiator = base["src"]
+        response = bool(sa.initiator) and base["src"] != sa.initiator
+        digest = hashlib.sha1(raw).digest()
+        if digest in sa.seen:  # a retransmission: same bytes, same meaning, IVs unchanged
+            name, payloads, notifies, decrypted, note = sa.seen[digest]
+            return Message(exchange=name + " (retransmission)", response=response, message_id=msgid,
+                           payloads=payloads, notifies=notifies, decrypted=decrypted, note=note, **base)
+        name = EXCHANGES_V1.get(exch, f"exchange {exch}")
+        if exch == 2:
+            sa.main_count += 1
+            name += f" {sa.main_count}/6" if sa.main_count <= 6 else ""
+        body, decrypted, note = raw[28:], None, ""
+        if not flags & 0x01:
+            payloads, notifies = _describe_v1(raw[16], body)
+            for p in payloads:
+                if p.startswith("KE"):
+                    sa.ke.append(_ke_value(raw[16], body))
+        else:
+            cands = self.candidates(base["spi_i"], base["spi_r"])
+            hash_fn, bs = _v1_params(cands[0].proposal if cands else "")
+            payloads, notifies = ["encrypted{…}"], []
+            opened, refused = [], []
+            for keys in cands:
+                chain = next((c for iv in self._v1_ivs(sa, exch, msgid, hash_fn, bs)
+                              if (plain := open_v1(body, keys, iv)) is not None
+                              and (c := _describe_v1(raw[16], plain))[0]), None)
+                if chain is not None:
+                    if not opened:
+                        payloads, notifies = chain
+                    opened.append(keys.gateway)
+                else:
+                    refused.append(keys.gateway)
+            decrypted = bool(opened)
+            if opened and refused:
+                note = (f"only {', '.join(sorted(set(opened)))}'s key opens it; {', '.join(sorted(set(refused)))} "
+                        "derived another key (the pre-shared keys differ) and reads garbage")
+            usable = len(body) - len(body) % bs
+            if usable >= bs:
+                sa.last_block[msgid if exch != 2 else 0] = body[usable - bs:usable]
+        sa.seen[digest] = (name, payloads, notifies, decrypted, note)
+        return Message(exchange=name, response=response, message_id=msgid, payloads=payloads, notifies=notifies,
+                       decrypted=decrypted, note=note, **base)
+
+    def _v1_ivs(self, sa: "_V1State", exch: int, msgid: int, hash_fn, bs: int) -> list[bytes]:
+        """Phase 1: hash(g^xi | g^xr), then the previous message's last cipher block. Phase 2
+        (Quick Mode, informational): hash(phase 1's last block | message ID), then chained. A side
+        that could not read phase 1's last message still chains from the first IV: tried second."""
+        if exch != 2 and msgid in sa.last_block:
+            return [sa.last_block[msgid]]
+        first = hash_fn(b"".join(sa.ke[:2])).digest()[:bs] if len(sa.ke) >= 2 else None
+        if exch == 2:
+            return [sa.last_block[0]] if 0 in sa.last_block else [first] if first else []
+        mid = struct.pack("!I", msgid)
+        return [hash_fn(block + mid).digest() for block in (sa.last_block.get(0), first) if block]
+
+
+@dataclass
+class _V1State:
+    initiator: str = ""
+    main_count: int = 0
+    ke: list[bytes] = field(default_factory=list)
+    last_block: dict[int, bytes] = field(default_factory=dict)  # message ID (0: phase 1) -> last cipher block
+    seen: dict[bytes, tuple] = field(default_factory=dict)  # message digest -> how it was described
+
+
+def _v1_params(proposal: str):
+    """(hash of the phase 1 IVs, cipher block size) of an IKEv1 proposal."""
+    prf = next((p for p in proposal.split("/") if p.startswith("PRF_")), "PRF_HMAC_SHA1")
+    digest = {"PRF_HMAC_SHA2_256": hashlib.sha256, "PRF_HMAC_SHA2_384": hashlib.sha384,
+              "PRF_HMAC_SHA2_512": hashlib.sha512, "PRF_HMAC_MD5": hashlib.md5}.get(prf, hashlib.sha1)
+    return digest, 8 if proposal.startswith(("3DES", "DES")) else 16
+
+
+def open_v1(body: bytes, keys: IkeKeys, iv_seed: bytes | None) -> bytes | None:
+    """Decrypt an IKEv1 message body with a phase 1 key (AES-CBC or 3DES-CBC)."""
+    name = split_proposal(keys.proposal)[0]
+    if iv_seed is None or not keys.ka or name not in ("AES_CBC", "3DES_CBC"):
+        return None
+    algo = algorithms.AES(bytes.fromhex(keys.ka)) if name == "AES_CBC" else TripleDES(bytes.fromhex(keys.ka))
+    bs = algo.block_size // 8
+    usable = len(body) - len(body) % bs
+    if usable == 0:
+        return None
+    dec = Cipher(algo, modes.CBC(iv_seed[:bs])).decryptor()
+    return dec.update(body[:usable]) + dec.finalize()
 
 
 def open_sk(raw: bytes, keys: IkeKeys, from_initiator: bool) -> tuple[int, bytes] | None:
@@ -305,14 +392,49 @@ def _identity(layer) -> str:
         return data.hex()
 
 
-def _describe_v1(pkt) -> list[str]:
-    names = {"ISAKMP_payload_SA": "SA", "ISAKMP_payload_KE": "KE", "ISAKMP_payload_Nonce": "No",
-             "ISAKMP_payload_VendorID": "V", "ISAKMP_payload_ID": "ID", "ISAKMP_payload_Hash": "HASH",
-             "ISAKMP_payload_NAT_D": "NAT-D", "ISAKMP_payload_Notify": "N", "ISAKMP_payload_Delete": "D"}
-    out = []
-    layer = pkt.payload
-    while layer is not None and layer.name != "NoPayload":
-        cls = type(layer).__name__
-        out.append(names.get(cls, cls.replace("ISAKMP_payload_", "").replace("Raw", "payload")))
-        layer = layer.payload
-    return out
+V1_PAYLOADS = {1: "SA", 4: "KE", 5: "ID", 6: "CERT", 7: "CR", 8: "HASH", 9: "SIG", 10: "No", 11: "N", 12: "D",
+               13: "V", 14: "A", 20: "NAT-D", 21: "NAT-OA"}
+V1_NOTIFIES = {14: "NO_PROPOSAL_CHOSEN", 16: "PAYLOAD_MALFORMED", 18: "INVALID_ID_INFORMATION",
+               23: "INVALID_HASH_INFORMATION", 24: "AUTHENTICATION_FAILED", 24576: "RESPONDER_LIFETIME",
+               24578: "INITIAL_CONTACT", 36136: "R_U_THERE", 36137: "R_U_THERE_ACK"}
+
+
+def _v1_chain(first: int, body: bytes) -> list[tuple[int, bytes]] | None:
+    """(type, payload body) of each payload; None unless the chain is well formed (a wrong key's
+    plaintext is not): known types, lengths within the message, ending in "no next payload"."""
+    out, np, off = [], first, 0
+    while np:
+        if np not in V1_PAYLOADS or off + 4 > len(body):
+            return None
+        nxt, length = body[off], struct.unpack("!H", body[off + 2:off + 4])[0]
+        if length < 4 or off + length > len(body) or body[off + 1] != 0:
+            return None
+        out.append((np, body[off + 4:off + length]))
+        np, off = nxt, off + length
+    return out if len(body) - off < 32 else None  # what is left is CBC padding
+
+
+def _describe_v1(first: int, body: bytes) -> tuple[list[str], list[str]]:
+    chain = _v1_chain(first, body)
+    if chain is None:
+        return [], []
+    out, notifies = [], []
+    for kind, data in chain:
+        name = V1_PAYLOADS[kind]
+        if name == "ID" and len(data) >= 8 and data[0] == 1:
+            name = f"ID({ipaddress.IPv4Address(data[4:8])})"
+        elif name == "ID" and len(data) >= 12 and data[0] == 4:
+            net = ipaddress.IPv4Network((int.from_bytes(data[4:8], "big"), bin(int.from_bytes(data[8:12], "big")).count("1")))
+            name = f"ID({net})"
+        elif name == "N" and len(data) >= 8:
+            note = V1_NOTIFIES.get(struct.unpack("!H", data[6:8])[0], str(struct.unpack("!H", data[6:8])[0]))
+            notifies.append(note)
+            name = f"N({note})"
+        elif name == "D" and len(data) >= 8:
+            name = "D(" + {1: "ISAKMP", 3: "ESP"}.get(data[4], str(data[4])) + ")"
+        out.append(name)
+    return out, notifies
+
+
+def _ke_value(first: int, body: bytes) -> bytes:
+    return next((data for kind, data in _v1_chain(first, body) or [] if kind == 4), b"")
