@@ -17,13 +17,16 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from netns.registry import Registry
 
+from .keylog import IkeKeys
 from .keytables import KeyTables, read_records, tables, write_tables
 from .lab import WORKER_CWD, Lab
 from .problems import EnvironmentProblem, UsageError
 from .topology import GatewayNode
+from .trace import Message, Tracer, read_pcap
 
 IKE_PCAP = "ike.pcap"
 IKE_FILTER = "udp port 500 or (udp port 4500 and udp[8:4] = 0)"
@@ -126,6 +129,28 @@ def capture(lab: Lab, chosen: list[GatewayNode], out: Path, duration: float | No
 
 def key_tables(lab: Lab) -> KeyTables:
     return tables(read_records([lab.gw_dir(gw) for gw in lab.topology.gateways]))
+
+
+def recorded_messages(lab: Lab, follow: bool = False) -> Iterator[Message]:
+    """The lab's IKE conversation since `up`, decoded and decrypted (trace.py); with follow, it
+    waits at the end of the recording for more, until interrupted."""
+    path = lab.directory / IKE_PCAP
+    if not path.exists():
+        raise EnvironmentProblem(f"lab '{lab.name}' has no IKE recording ({path}): it was built by an older "
+                                 "vnetlab; rebuild it with 'vnetlab down' and 'vnetlab up'")
+    dirs = [lab.gw_dir(g) for g in lab.topology.gateways]
+    tracer = Tracer(lambda: [r for r in read_records(dirs) if isinstance(r, IkeKeys)],
+                    {str(g.public_ip): g.name for g in lab.topology.gateways})
+    with open(path, "rb") as fh:
+        for item in read_pcap(fh):
+            if item is None:
+                if not follow:
+                    return
+                time.sleep(0.2)
+                continue
+            msg = tracer.message(*item)
+            if msg is not None:
+                yield msg
 
 
 def _interrupt(signum: int, frame: object) -> None:

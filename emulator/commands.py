@@ -302,42 +302,23 @@ def capture(args: argparse.Namespace) -> int:
 def trace(args: argparse.Namespace) -> int:
     import json
     import signal
-    import time
 
-    from .capture import IKE_PCAP, choose_gateways
-    from .keylog import IkeKeys
-    from .keytables import read_records
-    from .problems import EnvironmentProblem
-    from .trace import Tracer, read_pcap
+    from .capture import choose_gateways, recorded_messages
 
     lab = labmod.open_lab(args.name)
     chosen = choose_gateways(lab, args.vnet, args.site)
     only = {str(g.public_ip) for g in chosen} if (args.vnet or args.site) else None
-    path = lab.directory / IKE_PCAP
-    if not path.exists():
-        raise EnvironmentProblem(f"lab '{lab.name}' has no IKE recording ({path}): it was built by an older "
-                                 "vnetlab; rebuild it with 'vnetlab down' and 'vnetlab up'")
-    dirs = [lab.gw_dir(g) for g in lab.topology.gateways]
-    tracer = Tracer(lambda: [r for r in read_records(dirs) if isinstance(r, IkeKeys)],
-                    {str(g.public_ip): g.name for g in lab.topology.gateways})
     if not args.json:
         print(f"lab '{lab.name}': IKE messages on the backbone since up"
               + (f", to or from {', '.join(g.name for g in chosen)}" if only else ""))
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     shown = 0
     try:
-        with open(path, "rb") as fh:
-            for item in read_pcap(fh):
-                if item is None:
-                    if not args.follow:
-                        break
-                    time.sleep(0.2)
-                    continue
-                msg = tracer.message(*item)
-                if msg is None or (only and msg.src not in only and msg.dst not in only):
-                    continue
-                shown += 1
-                print(json.dumps(msg.as_dict()) if args.json else msg.line(), flush=args.follow)
+        for msg in recorded_messages(lab, follow=args.follow):
+            if only and msg.src not in only and msg.dst not in only:
+                continue
+            shown += 1
+            print(json.dumps(msg.as_dict()) if args.json else msg.line(), flush=args.follow)
     except KeyboardInterrupt:
         pass  # the way to end --follow
     finally:

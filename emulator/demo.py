@@ -5,6 +5,7 @@ removed at the end, whatever happened."""
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -12,6 +13,7 @@ from typing import Callable
 from . import configs_dir
 from . import lab as labmod
 from . import workflow
+from .capture import recorded_messages
 from .plan import default_plan_path
 from .problems import EnvironmentProblem, ExitCode
 from .status import ConnectionStatus, collect
@@ -80,12 +82,15 @@ def _psk_mismatch(n: Narrator, name: str, ike: int, plan_path: Path) -> None:
 
     n.say("Re-key TestVNet1's side only, with a different key",
           "Set-AzureVNetGatewayKey -VNetName TestVNet1 -LocalNetworkSiteName VNet4Local -SharedKey <other>")
+    since = time.time()
     workflow.set_key(name, "TestVNet1", "VNet4Local", "DemoOtherKey9")
     end = ("TestVNet1", "VNet4Local")
     states = _wait_for(name, lambda s: "pre-shared key mismatch" in s[end].reason)
     n.observe("NotConnected, cause named: pre-shared key mismatch",
               states[end].connectivity_state != "Connected" and "pre-shared key mismatch" in states[end].reason,
               f"{states[end].connectivity_state}: {states[end].reason}")
+    n.say("Read the wire: the decisive IKE message, decrypted with the gateways' session keys (vnetlab trace)")
+    _decisive_packet(n, name, ike, since)
     n.say("Probe again: the gateways must drop, never leak")
     _verify(n, name, False)
 
@@ -96,6 +101,20 @@ def _psk_mismatch(n: Narrator, name: str, ike: int, plan_path: Path) -> None:
               _show(states))
     n.say("Probe once more")
     _verify(n, name, True)
+
+
+def _decisive_packet(n: Narrator, name: str, ike: int, since: float) -> None:
+    """IKEv2: the IKE_AUTH answered with AUTHENTICATION_FAILED. IKEv1 has no such notify: a wrong
+    key derives another encryption key, so Main Mode's message 5 is garbage to the responder."""
+    after = datetime.fromtimestamp(since - 0.5, timezone.utc).isoformat(timespec="milliseconds")
+    messages = [m for m in recorded_messages(labmod.open_lab(name)) if m.time >= after]
+    if ike == 2:
+        hit = next((m for m in messages if m.exchange == "IKE_AUTH" and "AUTHENTICATION_FAILED" in m.notifies), None)
+        expect = "an IKE_AUTH response carrying N(AUTHENTICATION_FAILED)"
+    else:
+        hit = next((m for m in messages if m.exchange.startswith("Main Mode 5/6") and "another key" in m.note), None)
+        expect = "Main Mode message 5 that only the sender's key opens"
+    n.observe(expect, hit is not None, hit.line()[14:] if hit else f"{len(messages)} IKE messages, none of them")
 
 
 def _walkthrough(n: Narrator, name: str) -> None:

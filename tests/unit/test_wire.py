@@ -177,3 +177,20 @@ def test_read_pcap_waits_at_the_end_of_a_growing_file():
     grow.seek(pos)
     got = [x for x in (next(reader) for _ in range(30)) if x is not None]
     assert len(got) == len(_all(open(DATA / "trace" / "gcm.pcap", "rb")))
+
+
+def test_ikev1_trace_reads_main_and_quick_mode_and_shows_what_a_wrong_key_does():
+    msgs = trace("ikev1-psk")
+    first = msgs[:6]
+    assert [m.exchange for m in first] == [f"Main Mode {i}/6" for i in range(1, 7)]
+    assert first[4].payloads == ["ID(203.0.113.1)", "HASH", "N(INITIAL_CONTACT)"] and first[4].decrypted
+    assert first[5].response and first[5].payloads == ["ID(203.0.113.3)", "HASH"]
+    quick = [m for m in msgs if m.exchange == "Quick Mode"]
+    assert quick and all(m.decrypted for m in quick)
+    assert "ID(10.11.0.0/16)" in quick[0].payloads and "ID(10.41.0.0/16)" in quick[0].payloads
+    # after one side was re-keyed: message 5 is readable only with the sender's key ...
+    wrong = [m for m in msgs if m.exchange.startswith("Main Mode 5/6") and m.note]
+    assert wrong and "only TestVNet1's key opens it" in wrong[0].note
+    assert any(m.exchange.endswith("(retransmission)") for m in wrong)
+    # ... and the responder, which read garbage, says so under its own key
+    assert any("PAYLOAD_MALFORMED" in m.notifies and m.src_name == "TestVNet4" for m in msgs)
