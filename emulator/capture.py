@@ -17,7 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from netns.registry import Registry
 
@@ -26,7 +26,9 @@ from .keytables import KeyTables, read_records, tables, write_tables
 from .lab import WORKER_CWD, Lab
 from .problems import EnvironmentProblem, UsageError
 from .topology import GatewayNode
-from .trace import Message, Tracer, read_pcap
+
+if TYPE_CHECKING:
+    from .trace import Message
 
 IKE_PCAP = "ike.pcap"
 IKE_FILTER = "udp port 500 or (udp port 4500 and udp[8:4] = 0)"
@@ -40,12 +42,15 @@ def _tcpdump() -> str:
     return path
 
 
-def start_tcpdump(registry: Registry, what: str, netns: str, iface: str, path: Path,
-                  bpf: str | None = None, inbound_only: bool = False) -> subprocess.Popen:
+def start_tcpdump(registry: Registry, what: str, netns: str, iface: str, path: Path, bpf: str | None = None,
+                  inbound_only: bool = False, snaplen: int = 65535, buffer_kb: int = 65536) -> subprocess.Popen:
     """tcpdump in a lab namespace, writing each packet as it comes (-U), journalled by pid; returns
-    once it listens. It runs as root (-Z root): the lab's state directory is root's alone."""
-    argv = ["ip", "netns", "exec", netns, _tcpdump(), "-i", iface, "-n", "-s", "0", "-U", "-Z", "root",
-            "--immediate-mode", "-w", str(path), *(["-Q", "in"] if inbound_only else []), *([bpf] if bpf else [])]
+    once it listens. It runs as root (-Z root): the lab's state directory is root's alone.
+    The kernel's capture ring holds buffer/snaplen packets: with tcpdump's defaults (2 MB, 256 kB)
+    that is 8, and a burst of handshakes lost a quarter of its messages."""
+    argv = ["ip", "netns", "exec", netns, _tcpdump(), "-i", iface, "-n", "-s", str(snaplen), "-B", str(buffer_kb),
+            "-U", "-Z", "root", "--immediate-mode", "-w", str(path), *(["-Q", "in"] if inbound_only else []),
+            *([bpf] if bpf else [])]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, cwd=WORKER_CWD)
     registry.adopt_process(proc.pid, what)
@@ -60,7 +65,8 @@ def start_tcpdump(registry: Registry, what: str, netns: str, iface: str, path: P
 
 
 def start_ike_recorder(lab_dir: Path, backbone: str, registry: Registry) -> None:
-    start_tcpdump(registry, "ike recorder", backbone, "any", lab_dir / IKE_PCAP, IKE_FILTER, inbound_only=True)
+    start_tcpdump(registry, "ike recorder", backbone, "any", lab_dir / IKE_PCAP, IKE_FILTER, inbound_only=True,
+                  snaplen=9216, buffer_kb=8192)  # room for about 900 IKE messages at once
 
 
 def choose_gateways(lab: Lab, vnet: str | None, site: str | None) -> list[GatewayNode]:
@@ -133,7 +139,10 @@ def key_tables(lab: Lab) -> KeyTables:
 
 def recorded_messages(lab: Lab, follow: bool = False) -> Iterator[Message]:
     """The lab's IKE conversation since `up`, decoded and decrypted (trace.py); with follow, it
-    waits at the end of the recording for more, until interrupted."""
+    waits at the end of the recording for more, until interrupted. (trace.py brings scapy and
+    cryptography, imported here and not with this module, which `up` loads.)"""
+    from .trace import Tracer, read_pcap
+
     path = lab.directory / IKE_PCAP
     if not path.exists():
         raise EnvironmentProblem(f"lab '{lab.name}' has no IKE recording ({path}): it was built by an older "

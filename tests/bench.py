@@ -4,6 +4,7 @@ against the bare backbone veth. Writes bench-results.json and prints a table."""
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -56,7 +57,30 @@ def run_json(*argv: str, allow_check_failure: bool = False) -> tuple[float, dict
     res = subprocess.run([VNETLAB, *argv], capture_output=True, text=True, cwd="/")
     if res.returncode != 0 and not (allow_check_failure and res.returncode == 1):
         raise SystemExit(f"vnetlab {' '.join(argv)} failed ({res.returncode}):\n{res.stderr}{res.stdout[-2000:]}")
-    return time.monotonic() - start, (json.loads(res.stdout) if "--json" in argv else {})
+    return time.monotonic() - start, (json.loads(res.stdout) if "--json" in argv and argv[0] != "trace" else
+                                      {"lines": res.stdout.splitlines()})
+
+
+def capture_cost(results: dict) -> None:
+    """`up` of the default plan while `vnetlab capture` records another lab's every packet: the
+    figure to hold against default_up_s_median (the lab's own IKE recorder and key recorder run
+    in both)."""
+    run("up", "--name", "bench-cap")
+    out = tempfile.mkdtemp(prefix="vnetlab-bench-capture-")
+    cap = subprocess.Popen([VNETLAB, "capture", "--name", "bench-cap", "-o", out, "--duration", "120"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+    try:
+        time.sleep(1)
+        ups = []
+        for _ in range(5):
+            ups.append(run("up", "--name", "bench-default"))
+            run("down", "--name", "bench-default")
+        results["default_up_s_median_during_capture"] = round(statistics.median(ups), 3)
+    finally:
+        cap.terminate()
+        cap.wait()
+        shutil.rmtree(out, ignore_errors=True)
+        run("down", "--name", "bench-cap")
 
 
 def reference(esp: str, seconds: float, dataplane: str = "libipsec") -> dict[str, str]:
@@ -145,6 +169,7 @@ def main() -> None:
     results["default_down_s_median"] = round(statistics.median(downs), 3)
     results["charon_rss_mb_max"] = round(max(rss) / 1024, 1)
 
+    capture_cost(results)
     floors = [float(reference("aes128gcm16", 0)["up"]) for _ in range(5)]
     results["reference_up_s_median"] = round(statistics.median(floors), 3)
     results["default_up_over_reference"] = round(results["default_up_s_median"] / results["reference_up_s_median"], 2)
@@ -179,6 +204,9 @@ def main() -> None:
     results["mesh10_up_s"] = round(run("up", path), 3)
     results["mesh10_charon_rss_mb_max"] = round(max(rss_kb("bench-mesh")) / 1024, 1)
     results["mesh10_verify_s"] = round(run("verify", "--name", "bench-mesh"), 3)
+    seconds, out = run_json("trace", "--name", "bench-mesh", "--json")
+    results["mesh10_trace_s"] = round(seconds, 3)  # the bring-up's IKE conversation, decrypted
+    results["mesh10_trace_messages"] = len(out["lines"])
     results["mesh10_down_s"] = round(run("down", "--name", "bench-mesh"), 3)
     os.unlink(path)
     path = plan_file(chain(40))

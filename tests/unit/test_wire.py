@@ -194,3 +194,15 @@ def test_ikev1_trace_reads_main_and_quick_mode_and_shows_what_a_wrong_key_does()
     assert any(m.exchange.endswith("(retransmission)") for m in wrong)
     # ... and the responder, which read garbage, says so under its own key
     assert any("PAYLOAD_MALFORMED" in m.notifies and m.src_name == "TestVNet4" for m in msgs)
+
+
+def test_up_does_not_load_the_trace_libraries():
+    """`up` starts the IKE recorder through capture.py; scapy and cryptography (trace.py) cost 0.6 s
+    to import and must wait until something reads the recording."""
+    import subprocess
+    import sys
+
+    code = ("import sys, emulator.lab, emulator.capture, emulator.keytables, emulator.workers.keylog; "
+            "print(sorted(m for m in ('scapy', 'cryptography') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
