@@ -11,6 +11,7 @@ tcpdump, not scapy, writes the files: a C program with the kernel's BPF filter, 
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 IKE_PCAP = "ike.pcap"
 IKE_FILTER = "udp port 500 or (udp port 4500 and udp[8:4] = 0)"
+PR_SET_PDEATHSIG = 1
 
 
 def _tcpdump() -> str:
@@ -43,16 +45,20 @@ def _tcpdump() -> str:
 
 
 def start_tcpdump(registry: Registry, what: str, netns: str, iface: str, path: Path, bpf: str | None = None,
-                  inbound_only: bool = False, snaplen: int = 65535, buffer_kb: int = 65536) -> subprocess.Popen:
+                  inbound_only: bool = False, snaplen: int = 65535, buffer_kb: int = 65536,
+                  with_parent: bool = False) -> subprocess.Popen:
     """tcpdump in a lab namespace, writing each packet as it comes (-U), journalled by pid; returns
     once it listens. It runs as root (-Z root): the lab's state directory is root's alone.
     The kernel's capture ring holds buffer/snaplen packets: with tcpdump's defaults (2 MB, 256 kB)
-    that is 8, and a burst of handshakes lost a quarter of its messages."""
+    that is 8, and a burst of handshakes lost a quarter of its messages. with_parent: it ends when
+    the process that started it dies, even by SIGKILL (`vnetlab capture` killed must not leave a
+    capture filling the disk until `down`)."""
     argv = ["ip", "netns", "exec", netns, _tcpdump(), "-i", iface, "-n", "-s", str(snaplen), "-B", str(buffer_kb),
             "-U", "-Z", "root", "--immediate-mode", "-w", str(path), *(["-Q", "in"] if inbound_only else []),
             *([bpf] if bpf else [])]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, cwd=WORKER_CWD)
+                            text=True, start_new_session=True, cwd=WORKER_CWD,
+                            preexec_fn=_end_with_parent if with_parent else None)
     registry.adopt_process(proc.pid, what)
     said = []
     for line in proc.stderr:
@@ -62,6 +68,12 @@ def start_tcpdump(registry: Registry, what: str, netns: str, iface: str, path: P
             return proc
     proc.wait()
     raise EnvironmentProblem(f"{what} did not start: {' '.join(said)[-300:]}")
+
+
+def _end_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (`ip netns exec` execs tcpdump, and
+    the setting survives exec)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def start_ike_recorder(lab_dir: Path, backbone: str, registry: Registry) -> None:
@@ -111,7 +123,8 @@ def capture(lab: Lab, chosen: list[GatewayNode], out: Path, duration: float | No
         for gw in chosen:
             path = out.resolve() / f"{gw.name}.pcap"
             path.unlink(missing_ok=True)
-            procs.append(start_tcpdump(registry, "capture", lab.topology.backbone, backbone_iface(lab, gw), path))
+            procs.append(start_tcpdump(registry, "capture", lab.topology.backbone, backbone_iface(lab, gw), path,
+                                       with_parent=True))
             pcaps.append(path)
         try:
             deadline = started + duration if duration else None

@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     _name_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
     p.add_argument("--junit", metavar="FILE", help="also write the checks as JUnit XML")
-    p.add_argument("--pcap", metavar="DIR", help="write the backbone capture, one pcap file per gateway (GATEWAY.pcap)")
+    p.add_argument("--pcap", metavar="DIR", help="write the backbone capture, one pcap file per gateway (GATEWAY.pcap), and "
+                   "Wireshark's key tables in DIR/wireshark/ to decrypt it")
     p.add_argument("--throughput", action="store_true", help="also measure TCP throughput with iperf3")
     p.add_argument("--duration", type=float, default=3.0, metavar="S",
                    help="seconds per throughput measurement and direction (default: 3)")

@@ -60,13 +60,18 @@ def ikev2_encryption(proposal: str) -> str:
     raise UnknownAlgorithm(proposal)
 
 
-def ikev2_integrity(proposal: str) -> str:
+def _integrity(proposal: str, names: dict[str, str], aead: str) -> str:
+    """The integrity algorithm's name in one of Wireshark's tables; `aead` when the cipher has none."""
     integ = split_proposal(proposal)[2]
     if integ is None:
-        return "NONE [RFC4306]"
-    if integ not in _IKEV2_INTEG:
+        return aead
+    if integ not in names:
         raise UnknownAlgorithm(proposal)
-    return _IKEV2_INTEG[integ]
+    return names[integ]
+
+
+def ikev2_integrity(proposal: str) -> str:
+    return _integrity(proposal, _IKEV2_INTEG, "NONE [RFC4306]")
 
 
 def esp_encryption(proposal: str) -> str:
@@ -82,12 +87,7 @@ def esp_encryption(proposal: str) -> str:
 
 
 def esp_authentication(proposal: str) -> str:
-    integ = split_proposal(proposal)[2]
-    if integ is None:
-        return "NULL"
-    if integ not in _ESP_INTEG:
-        raise UnknownAlgorithm(proposal)
-    return _ESP_INTEG[integ]
+    return _integrity(proposal, _ESP_INTEG, "NULL")
 
 
 def _q(text: str) -> str:

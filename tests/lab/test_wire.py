@@ -121,16 +121,23 @@ def test_selector_mismatch_shows_ts_unacceptable(lab, tmp_path):
 
 def test_esp_decrypts_both_ways_through_child_rekeys(lab, tmp_path, dataplane):
     assert lab.cli("up", "--name", "t-esp", "--dataplane", dataplane).returncode == 0
-    cap = start_capture(lab, "t-esp", tmp_path / "cap", 4)
-    time.sleep(0.4)
-    ping = subprocess.Popen([*[str(VNETLAB)], "exec", "--name", "t-esp", "TestVNet1/default", "--", "ping", "-q",
-                             "-i", "0.05", "-w", "3", "10.41.0.4"], env=lab.env, cwd=lab.cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for _ in range(2):
-        time.sleep(0.8)
-        res = lab.exec_("t-esp", "TestVNet1", "swanctl", "--rekey", "--child", "VNet4Local")
-        assert res.returncode == 0, res.stdout + res.stderr
-    ping.communicate(timeout=20)
+    # open-ended, stopped by SIGTERM once the traffic is done: no timing to guess (the kernel data
+    # plane runs in an emulated guest, where everything is slower)
+    cap = subprocess.Popen([str(VNETLAB), "capture", "--name", "t-esp", "-o", str(tmp_path / "cap"), "--json"],
+                           env=lab.env, cwd=lab.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: len(list((tmp_path / "cap").glob("*.pcap"))) == 2, 60)
+    ping = subprocess.Popen(["ip", "netns", "exec", "t-esp.v.TestVNet1.default", "ping", "-q", "-i", "0.05",
+                             "-w", "120", "10.41.0.4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(2):
+            time.sleep(1)
+            res = lab.exec_("t-esp", "TestVNet1", "swanctl", "--rekey", "--child", "VNet4Local")
+            assert res.returncode == 0, res.stdout + res.stderr
+        time.sleep(1)
+    finally:
+        ping.terminate()
+        ping.communicate(timeout=20)
+        cap.terminate()
     summary = finish(cap)
     pcap = tmp_path / "cap" / "TestVNet1.pcap"
     fields = ["-Y", "esp", "-o", "esp.enable_authentication_check:TRUE", "-T", "fields", "-e", "ip.src",
@@ -193,3 +200,20 @@ def test_the_recording_holds_every_message_of_a_burst(lab, tmp_path):
         assert kinds == [("IKE_AUTH", False), ("IKE_AUTH", True), ("IKE_SA_INIT", False), ("IKE_SA_INIT", True)], \
             (pair, kinds)
     assert all(m["decrypted"] for m in first if m["exchange"] == "IKE_AUTH")
+
+
+def test_a_killed_capture_leaves_no_tcpdump_running(lab, tmp_path):
+    import signal
+
+    from tests.lab.conftest import live
+
+    assert lab.cli("up", "--name", "t-kill").returncode == 0
+    proc = subprocess.Popen([str(VNETLAB), "capture", "--name", "t-kill", "-o", str(tmp_path / "cap")], env=lab.env,
+                            cwd=lab.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: len(list((tmp_path / "cap").glob("*.pcap"))) == 2)
+    tcpdumps = [e["pid"] for e in lab.journal("t-kill") if e["kind"] == "process" and e["what"] == "capture"]
+    assert len(tcpdumps) == 2 and all(live(p) for p in tcpdumps)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    assert wait_for(lambda: not any(live(p) for p in tcpdumps), 5), "tcpdump outlived a killed capture"
+    assert lab.status("t-kill")[("TestVNet1", "VNet4Local")]["connectivity_state"] == "Connected"
