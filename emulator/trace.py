@@ -65,7 +65,8 @@ class Message:
     def line(self) -> str:
         kind = "response" if self.response else "request"
         who = f"{self.src_name or self.src} ({self.src}) → {self.dst_name or self.dst} ({self.dst})"
-        body = " ".join(self.payloads) if self.payloads else "(empty)"
+        empty = "(empty: a liveness check, DPD)" if self.exchange == "INFORMATIONAL" else "(empty)"
+        body = " ".join(self.payloads) if self.payloads else empty
         if self.decrypted is False and not self.note:
             body += "  [encrypted; no key table entry opens it]"
         if self.note:

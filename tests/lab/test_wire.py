@@ -217,3 +217,21 @@ def test_a_killed_capture_leaves_no_tcpdump_running(lab, tmp_path):
     proc.communicate(timeout=10)
     assert wait_for(lambda: not any(live(p) for p in tcpdumps), 5), "tcpdump outlived a killed capture"
     assert lab.status("t-kill")[("TestVNet1", "VNet4Local")]["connectivity_state"] == "Connected"
+
+
+def test_ikev1_phase1_table_opens_main_mode(lab, tmp_path):
+    """Wireshark's ikev1_decryption_table (initiator cookie, phase 1 key): with it, tshark reads the
+    encrypted ID payloads of Main Mode 5/6; without it, it cannot."""
+    plan = tmp_path / "v1.yaml"
+    plan.write_text(DEFAULT.read_text().replace("shared_key: A1b2C3D4}", "shared_key: A1b2C3D4, ike_version: 1}"))
+    assert lab.cli("up", str(plan), "--name", "t-v1").returncode == 0
+    cap = start_capture(lab, "t-v1", tmp_path / "cap", 3)
+    time.sleep(0.5)
+    assert lab.cli("disconnect", "--name", "t-v1", "--vnet", "TestVNet1", "--site", "VNet4Local").returncode == 0
+    assert lab.cli("connect", "--name", "t-v1", "--vnet", "TestVNet1", "--site", "VNet4Local").returncode == 0
+    summary = finish(cap)
+    assert summary["ikev1_sas"] >= 1
+    ids = ["-Y", "isakmp.id.type", "-T", "fields", "-e", "ip.src", "-e", "isakmp.id.type"]
+    rows = tshark(tmp_path / "cap" / "TestVNet1.pcap", *ids, options=summary["tshark"][3:])
+    assert {r[0] for r in rows} == {"203.0.113.1", "203.0.113.3"}, rows  # message 5 and message 6
+    assert tshark(tmp_path / "cap" / "TestVNet1.pcap", *ids) == []
