@@ -149,8 +149,10 @@ def _running(pid: int) -> bool:
 
 
 def rss_kb(lab: str) -> list[int]:
+    """The gateway daemons' resident memory (not the lab's helpers: recorders, event monitor)."""
     journal = Path(os.environ["VNETLAB_STATE_DIR"], lab, "resources.jsonl").read_text().splitlines()
-    pids = [json.loads(line)["pid"] for line in journal if '"process"' in line]
+    entries = [json.loads(line) for line in journal]
+    pids = [e["pid"] for e in entries if e["kind"] == "process" and e["what"].startswith("charon ")]
     return [int(next(l for l in Path(f"/proc/{p}/status").read_text().splitlines()
                      if l.startswith("VmRSS")).split()[1]) for p in pids]
 
