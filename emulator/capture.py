@@ -18,11 +18,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from netns.registry import Registry
 
-from .keylog import IkeKeys
+from .keylog import KEYS_FILE, IkeKeys
 from .keytables import KeyTables, read_records, tables, write_tables
 from .lab import WORKER_CWD, Lab
 from .problems import EnvironmentProblem, UsageError
@@ -160,8 +160,7 @@ def recorded_messages(lab: Lab, follow: bool = False) -> Iterator[Message]:
     if not path.exists():
         raise EnvironmentProblem(f"lab '{lab.name}' has no IKE recording ({path}): it was built by an older "
                                  "vnetlab; rebuild it with 'vnetlab down' and 'vnetlab up'")
-    dirs = [lab.gw_dir(g) for g in lab.topology.gateways]
-    tracer = Tracer(lambda: [r for r in read_records(dirs) if isinstance(r, IkeKeys)],
+    tracer = Tracer(_ike_keys_loader([lab.gw_dir(g) for g in lab.topology.gateways]),
                     {str(g.public_ip): g.name for g in lab.topology.gateways})
     with open(path, "rb") as fh:
         for item in read_pcap(fh):
@@ -173,6 +172,19 @@ def recorded_messages(lab: Lab, follow: bool = False) -> Iterator[Message]:
             msg = tracer.message(*item)
             if msg is not None:
                 yield msg
+
+
+def _ike_keys_loader(dirs: list[Path]) -> Callable[[], list[IkeKeys]]:
+    """The gateways' IKE keys, read again only when a key file has grown: trace asks at every
+    message of an SA it has no key for."""
+    last: dict = {"stamp": None, "keys": []}
+
+    def load() -> list[IkeKeys]:
+        stamp = tuple(p.stat().st_size if p.exists() else -1 for p in (d / KEYS_FILE for d in dirs))
+        if stamp != last["stamp"]:
+            last.update(stamp=stamp, keys=[r for r in read_records(dirs) if isinstance(r, IkeKeys)])
+        return last["keys"]
+    return load
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -12,14 +12,15 @@ These are a lab's session keys, never its pre-shared keys.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from emulator.keylog import KEYS_FILE, EspKeys, IkeKeys, from_json
+from emulator.render import write_private
 
 TABLES = ("ikev2_decryption_table", "ikev1_decryption_table", "esp_sa")
+PREFERENCES = {"esp.enable_encryption_decode": "TRUE", "esp.enable_authentication_check": "TRUE"}
 
 
 class UnknownAlgorithm(ValueError):
@@ -35,10 +36,6 @@ def split_proposal(proposal: str) -> tuple[str, int | None, str | None]:
         name, bits = enc, ""
     integ = next((p for p in parts[1:] if p.startswith(("HMAC_", "AES_XCBC", "AES_CMAC"))), None)
     return name, int(bits) if bits else None, integ
-
-
-def aead(proposal: str) -> bool:
-    return split_proposal(proposal)[0].startswith(("AES_GCM", "AES_CCM", "CHACHA20"))
 
 
 _IKEV2_INTEG = {"HMAC_MD5_96": "HMAC_MD5_96 [RFC2403]", "HMAC_SHA1_96": "HMAC_SHA1_96 [RFC2404]",
@@ -119,10 +116,6 @@ class KeyTables:
     def rows(self, table: str) -> tuple[str, ...]:
         return getattr(self, table)
 
-    @property
-    def count(self) -> int:
-        return sum(len(self.rows(t)) for t in TABLES)
-
 
 def tables(records: list[IkeKeys | EspKeys]) -> KeyTables:
     ike: dict[tuple[int, str, str], str] = {}
@@ -158,21 +151,14 @@ def write_tables(kt: KeyTables, directory: Path) -> Path:
     conf = directory / "wireshark"
     conf.mkdir(mode=0o700, parents=True, exist_ok=True)
     for table in TABLES:
-        _write_private(conf / table, "".join(row + "\n" for row in kt.rows(table)))
-    _write_private(conf / "preferences", "esp.enable_encryption_decode: TRUE\nesp.enable_authentication_check: TRUE\n")
+        write_private(conf / table, "".join(row + "\n" for row in kt.rows(table)))
+    write_private(conf / "preferences", "".join(f"{k}: {v}\n" for k, v in PREFERENCES.items()))
     return conf
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
 
 
 def tshark_options(kt: KeyTables) -> list[str]:
     """The same tables as tshark -o options, for a command line that needs no configuration folder."""
-    opts = ["-o", "esp.enable_encryption_decode:TRUE", "-o", "esp.enable_authentication_check:TRUE"]
+    opts = [o for k, v in PREFERENCES.items() for o in ("-o", f"{k}:{v}")]
     for table in TABLES:
         for row in kt.rows(table):
             opts += ["-o", f"uat:{table}:{row}"]

@@ -33,7 +33,7 @@ from .plan import LAB_RE, LAB_RULE, parse_plan_text, read_plan_file
 from .model import Plan, SharedKey
 from .problems import EnvironmentProblem, Problem, UsageError
 from .keylog import KEY_PIPE
-from .render import render_gateway, write_rendered
+from .render import render_gateway, write_private, write_rendered
 from .swanconf import read_gateway_config
 from .topology import GatewayNode, Topology, TunnelEnd, build_topology
 
@@ -72,7 +72,7 @@ class Changes:
     def write(self, directory: Path) -> None:
         """Atomically: a reader sees the old file or the new one, never a truncated one."""
         tmp = directory / f".{CHANGES}.{os.getpid()}"
-        _write_private(tmp, json.dumps({"keys": self.keys, "gateway_ips": self.gateway_ips,
+        write_private(tmp, json.dumps({"keys": self.keys, "gateway_ips": self.gateway_ips,
                                         "disconnected": sorted(self.disconnected)}))
         os.replace(tmp, directory / CHANGES)
 
@@ -242,7 +242,7 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
     registry = Registry(directory)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        _write_private(directory / PLAN_COPY, text)
+        write_private(directory / PLAN_COPY, text)
         _build_network(topo, registry)
         if sku_limit:
             limit_gateways(topo)
@@ -276,12 +276,6 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     if os.getpid() != _MAIN_PID:
         os._exit(0)
     raise KeyboardInterrupt
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
 
 
 def _build_network(topo: Topology, registry: Registry) -> None:

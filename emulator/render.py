@@ -23,6 +23,14 @@ FILES = ("strongswan.conf", "swanctl.conf", "secrets.conf")
 SECRET_FILES = {"secrets.conf"}
 
 
+def write_private(path: Path, text: str) -> None:
+    """A file only root may read, mode 0600 from the moment it exists (also when one was there)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
 class UnsafeValue(ValueError):
     pass
 

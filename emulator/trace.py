@@ -124,15 +124,18 @@ class Tracer:
         self.v1: dict[str, _V1State] = {}
 
     def _reload(self) -> None:
-        self.keys = {}
-        for k in self.load_keys():
+        loaded = self.load_keys()
+        if loaded is getattr(self, "_loaded", None):
+            return  # the loader found nothing new
+        self._loaded, self.keys = loaded, {}
+        for k in loaded:
             bucket = self.keys.setdefault((k.spi_i, k.spi_r), [])
             if all((k.sk_ei, k.sk_er, k.ka) != (o.sk_ei, o.sk_er, o.ka) for o in bucket):
                 bucket.append(k)
 
     def candidates(self, spi_i: str, spi_r: str) -> list[IkeKeys]:
-        """The keys logged for this IKE_SA; read again once when there are none yet (a trace that
-        follows the wire can see a message before the recorder has written its keys)."""
+        """The keys logged for this IKE_SA; asked of the loader again when there are none yet (a
+        trace that follows the wire can see a message before the recorder has written its keys)."""
         if (spi_i, spi_r) not in self.keys:
             self._reload()
         return self.keys.get((spi_i, spi_r), [])
@@ -338,7 +341,7 @@ def _describe_v2(pkt, response: bool) -> tuple[list[str], list[str]]:
     while layer is not None and layer.name != "NoPayload":
         cls = type(layer).__name__
         if cls == "IKEv2_SA":
-            props = list(_iter_chain(layer.prop))
+            props = list(layer.prop or [])
             if not props:
                 out.append("SA()")
             elif response:
@@ -375,11 +378,6 @@ def _describe_v2(pkt, response: bool) -> tuple[list[str], list[str]]:
             out.append(cls.replace("IKEv2_", ""))
         layer = layer.payload
     return out, notifies
-
-
-def _iter_chain(items) -> Iterator:
-    for item in items or []:
-        yield item
 
 
 def _identity(layer) -> str:
