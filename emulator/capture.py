@@ -11,7 +11,6 @@ tcpdump, not scapy, writes the files: a C program with the kernel's BPF filter, 
 
 from __future__ import annotations
 
-import ctypes
 import shutil
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from netns.registry import Registry
+from netns.registry import Registry, end_with_parent
 
 from .keylog import KEYS_FILE, IkeKeys
 from .keytables import KeyTables, read_records, tables, write_tables
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
 
 IKE_PCAP = "ike.pcap"
 IKE_FILTER = "udp port 500 or (udp port 4500 and udp[8:4] = 0)"
-PR_SET_PDEATHSIG = 1
 
 
 def _tcpdump() -> str:
@@ -58,7 +56,7 @@ def start_tcpdump(registry: Registry, what: str, netns: str, iface: str, path: P
             *([bpf] if bpf else [])]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, cwd=WORKER_CWD,
-                            preexec_fn=_end_with_parent if with_parent else None)
+                            preexec_fn=end_with_parent if with_parent else None)
     registry.adopt_process(proc.pid, what)
     said = []
     for line in proc.stderr:
@@ -68,12 +66,6 @@ def start_tcpdump(registry: Registry, what: str, netns: str, iface: str, path: P
             return proc
     proc.wait()
     raise EnvironmentProblem(f"{what} did not start: {' '.join(said)[-300:]}")
-
-
-def _end_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies (`ip netns exec` execs tcpdump, and
-    the setting survives exec)."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def start_ike_recorder(lab_dir: Path, backbone: str, registry: Registry) -> None:

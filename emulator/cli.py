@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("node", metavar="NODE")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
 
+    def dry_run(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the actions this would run on the lab, and change nothing")
+
     def vnet_site(p: argparse.ArgumentParser, site: bool = True) -> None:
         _name_arg(p)
         p.add_argument("--vnet", required=True, metavar="VNET", help="the VNet (its gateway)")
@@ -150,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1-128 letters and digits (never printed back). Visible to other users in 'ps' while it "
                         "runs: without --key the key is read from $VNETLAB_SHARED_KEY, else asked for at a "
                         "terminal, else read from the first line of standard input")
+    dry_run(p)
 
     p = cmd("get-key", "print a connection's shared key (Get-AzureVNetGatewayKey)",
             "Print the pre-shared key of VNET's connection to SITE. The only command that prints a key.")
@@ -168,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", required=True, metavar="SITE")
     p.add_argument("--gateway-ip", required=True, metavar="IP|auto")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    dry_run(p)
 
     p = cmd("connection", "per local site state, bytes and last event (Get-AzureVNetConnection)",
             "For each local network site of VNET: ConnectivityState, Egress/IngressBytesTransferred, "
@@ -180,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = cmd(verb, f"{verb} a VNet's connection to a site (Set-AzureVNetGateway {flag})",
                 f"Set-AzureVNetGateway {flag}: {'drop the tunnel and keep it down' if verb == 'disconnect' else 'load the connection again and initiate it'} on VNET's side.")
         vnet_site(p)
+        dry_run(p)
+
+    p = cmd("reset-gateway", "restart a VNet gateway's daemon, and measure the outage (Reset-AzureVNetGateway)",
+            "Reset-AzureVNetGateway: stop VNET's gateway daemon and bring it back with the same configuration "
+            "(started, keys and connections loaded, tunnels initiated), then wait until its tunnels are Connected "
+            "again and report the outage in seconds. Recorded as an event that 'connection' and 'gateway' show.")
+    vnet_site(p, site=False)
+    dry_run(p)
 
     p = cmd("demo", "narrated, scripted demonstrations on their own lab",
             "psk-mismatch: keys alike -> Connected and probes pass; one side re-keyed -> NotConnected, the "
@@ -390,6 +404,7 @@ HANDLERS = {
     "connection": _lab_command("connection"),
     "disconnect": _lab_command("disconnect"),
     "connect": _lab_command("connect"),
+    "reset-gateway": _lab_command("reset_gateway"),
     "demo": _lab_command("demo"),
     "capture": _lab_command("capture"),
     "trace": _lab_command("trace"),

@@ -137,6 +137,9 @@ def verify(args: argparse.Namespace) -> int:
 
     if args.duration <= 0 or args.duration > 60:
         raise UsageError("--duration must be between 0 and 60 seconds")
+    restored = labmod.converge(args.name)
+    for action in restored:
+        print(f"(restored before verifying: {action.describe()})", file=sys.stderr)
     lab = labmod.open_lab(args.name)
     checks = run_verify(lab, Path(args.pcap) if args.pcap else None, throughput=args.throughput,
                         duration=args.duration)
@@ -188,12 +191,33 @@ def read_key(given: str | None) -> str:
     return line
 
 
+def _changed(applied, args: argparse.Namespace, status: dict = OPERATION_STATUS) -> int:
+    """How every mutating command reports: the cmdlet's answer and notes, or with --dry-run the
+    actions it would run (nothing changed)."""
+    if applied.dry_run:
+        lines = [a.describe() for a in applied.actions]
+        if args.json:
+            print_json({"dry_run": True, "actions": lines, "notes": applied.notes})
+            return ExitCode.OK
+        print(f"dry run: nothing was changed; {len(lines)} action(s) would run:")
+        for line in lines or ["(none: the lab already is in that state)"]:
+            print(f"  {line}")
+        for note in applied.notes:
+            print(f"  note: {note}")
+        return ExitCode.OK
+    if args.json:
+        print_json({**status, "actions": len(applied.actions), "notes": applied.notes})
+        return ExitCode.OK
+    _block(status, False)
+    for note in applied.notes:
+        print(f"  {note}", file=sys.stderr)
+    return ExitCode.OK
+
+
 def set_key(args: argparse.Namespace) -> int:
     from .workflow import set_key as run
 
-    run(args.name, args.vnet, args.site, read_key(args.key))
-    _block(OPERATION_STATUS, args.json)
-    return ExitCode.OK
+    return _changed(run(args.name, args.vnet, args.site, read_key(args.key), args.dry_run), args)
 
 
 def get_key(args: argparse.Namespace) -> int:
@@ -213,14 +237,7 @@ def gateway(args: argparse.Namespace) -> int:
 def update_site(args: argparse.Namespace) -> int:
     from .workflow import update_site as run
 
-    _lab, notes = run(args.name, args.site, args.gateway_ip)
-    if args.json:
-        print_json({**OPERATION_STATUS, "changes": notes})
-    else:
-        _block(OPERATION_STATUS, False)
-        for note in notes:
-            print(f"  {note}", file=sys.stderr)
-    return ExitCode.OK
+    return _changed(run(args.name, args.site, args.gateway_ip, args.dry_run), args)
 
 
 def connection(args: argparse.Namespace) -> int:
@@ -247,21 +264,20 @@ def connection(args: argparse.Namespace) -> int:
 def disconnect(args: argparse.Namespace) -> int:
     from .workflow import set_connected
 
-    _lab, note = set_connected(args.name, args.vnet, args.site, connect=False)
-    _block({**OPERATION_STATUS, "Note": note} if note and args.json else OPERATION_STATUS, args.json)
-    if note and not args.json:
-        print(note, file=sys.stderr)
-    return ExitCode.OK
+    return _changed(set_connected(args.name, args.vnet, args.site, False, args.dry_run), args)
 
 
 def connect(args: argparse.Namespace) -> int:
     from .workflow import set_connected
 
-    _lab, note = set_connected(args.name, args.vnet, args.site, connect=True)
-    _block({**OPERATION_STATUS, "Note": note} if note and args.json else OPERATION_STATUS, args.json)
-    if note and not args.json:
-        print(note, file=sys.stderr)
-    return ExitCode.OK
+    return _changed(set_connected(args.name, args.vnet, args.site, True, args.dry_run), args)
+
+
+def reset_gateway(args: argparse.Namespace) -> int:
+    from .workflow import reset_gateway as run
+
+    applied, outage = run(args.name, args.vnet, args.dry_run)
+    return _changed(applied, args, {**OPERATION_STATUS, **outage})
 
 
 def demo(args: argparse.Namespace) -> int:

@@ -167,6 +167,14 @@ def initiate(directory: Path, conn: str, children: list[str], timeout_ms: int) -
         return False
 
 
+def initiate_in_background(directory: Path, conn: str, children: list[str]) -> None:
+    """Start initiating and return at once (a peer outside the lab: a real gateway keeps trying)."""
+    with session(directory) as s:
+        for child in children:
+            for _ in s.initiate({"child": child, "ike": conn, "timeout": -1}):
+                pass
+
+
 @dataclass(frozen=True)
 class SaState:
     """What vici says about one connection on one gateway."""

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -33,9 +32,10 @@ from .plan import LAB_RE, LAB_RULE, parse_plan_text, read_plan_file
 from .model import Plan, SharedKey
 from .problems import EnvironmentProblem, Problem, UsageError
 from .keylog import KEY_PIPE
-from .render import render_gateway, write_private, write_rendered
-from .swanconf import read_gateway_config
-from .topology import GatewayNode, Topology, TunnelEnd, build_topology
+from .render import write_private
+from .executor import Executor, read_snapshot
+from .reconcile import Action, AddRoute, DelRoute, Initiate, LiveState, desired_state, diff
+from .topology import GatewayNode, Route, Topology, build_topology
 
 PLAN_COPY = "plan.yaml"
 LAB_META = "lab.json"
@@ -43,6 +43,7 @@ CHANGES = "changes.json"
 LOCK = "lock"
 LIBIPSEC_PLUGIN = Path("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so")
 EVENTS = "events.jsonl"
+LINKS_DOWN = "links-down.json"  # gateways whose backbone link is down (workers/monitor.py keeps it)
 # Workers run as `python -m emulator.workers.…` from here, so the installed package is what runs,
 # never an `emulator` folder that happens to be in the caller's working directory.
 WORKER_CWD = "/"
@@ -125,6 +126,13 @@ class Lab:
     def events(self) -> list[dict]:
         """The gateways' own connection events, oldest first (workers/monitor.py writes them)."""
         return read_jsonl(self.directory / EVENTS)
+
+    def links_down(self) -> set[str]:
+        """Gateways whose backbone link is down now (workers/monitor.py watches the links)."""
+        try:
+            return set(json.loads((self.directory / LINKS_DOWN).read_text()))
+        except (FileNotFoundError, ValueError):
+            return set()
 
     def with_changes(self, changes: Changes) -> "Lab":
         """This lab as it will be once `changes` are applied (nothing is written)."""
@@ -244,8 +252,6 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
     try:
         write_private(directory / PLAN_COPY, text)
         _build_network(topo, registry)
-        if sku_limit:
-            limit_gateways(topo)
         chosen = choose_dataplane(dataplane, topo.backbone)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         (directory / LAB_META).write_text(json.dumps({"name": plan.name, "dataplane": chosen, "created": created,
@@ -253,9 +259,12 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
         lab = Lab(directory, plan, topo, chosen, created, sku_limit)
         _start_key_recorder(lab, registry)
         start_ike_recorder(directory, topo.backbone, registry)
-        _start_gateways(lab, registry, time.monotonic() + 10)
+        # up is apply(desired, nothing); the event monitor must listen before the first initiate
+        actions = diff(LiveState(), desired(lab), topo)
+        executor = Executor(lab, initiate_timeout=timeout)
+        state = executor.run([a for a in actions if a.phase < Initiate.phase], LiveState())
         _start_monitor(lab, registry)
-        connect_all(lab, timeout)
+        executor.run([a for a in actions if a.phase >= Initiate.phase], state)
         set_current(plan.name)
     except BaseException:
         if not keep_on_error and os.getpid() == _MAIN_PID:
@@ -279,7 +288,8 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def _build_network(topo: Topology, registry: Registry) -> None:
-    """One netlink socket per namespace, in creation order: a veth is created from its first
+    """Namespaces, links, addresses and neighbours (routes and caps are live state: reconcile.py).
+    One netlink socket per namespace, in creation order: a veth is created from its first
     end's namespace (the backbone, or the router of a host), which topology always creates
     before the namespace of its other end, so every interface exists when its namespace's turn comes."""
     for ns in topo.namespaces:
@@ -302,18 +312,6 @@ def _build_network(topo: Topology, registry: Registry) -> None:
                 n.up(ifname)
             for ifname, _addr, peer_ip, peer_mac in mine:
                 n.add_neighbour(ifname, peer_ip, peer_mac)
-            for route in topo.routes:
-                if route.ns == ns:
-                    n.add_route(route.dst, route.via, route.prohibit)
-
-
-def limit_gateways(topo: Topology) -> None:
-    """Emulate each VNet gateway's SKU bandwidth (Basic and Standard 100, HighPerformance 200 Mbit/s),
-    shared by all its tunnels: a token bucket on the egress of its backbone link."""
-    for gw in topo.gateways:
-        if gw.sku is not None:
-            with ops.Namespace(gw.netns) as n:
-                n.limit_rate("bb", gw.sku.mbps)
 
 
 def supported_dataplanes() -> list[str]:
@@ -360,43 +358,70 @@ def probe_dataplane(netns: str) -> str:
     return "kernel"
 
 
-def _start_gateways(lab: Lab, registry: Registry, deadline: float) -> None:
-    procs = []
-    for gw in lab.topology.gateways:
-        directory = lab.gw_dir(gw)
-        write_rendered([render_gateway(gw, directory, lab.dataplane, keylog=True)])
-        proc = gateways.start_charon(gw.netns, directory, lab.directory)
-        registry.adopt_process(proc.pid, f"charon {gw.name}")
-        procs.append((gw, proc))
-    for gw, proc in procs:
-        gateways.wait_ready(lab.gw_dir(gw), proc, deadline)
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(lambda gw: gateways.load(lab.gw_dir(gw), read_gateway_config(lab.gw_dir(gw))),
-                      lab.topology.gateways))
+def desired(lab: Lab):
+    """What should run in this lab: its topology, less the connections the workflow disconnected."""
+    return desired_state(lab.topology, lab.changes.disconnected, lab.sku_limit)
 
 
-def load_gateway(lab: Lab, gw: GatewayNode) -> None:
-    """Load a gateway's rendered keys and connections over vici, less those the workflow disconnected."""
-    directory = lab.gw_dir(gw)
-    config = read_gateway_config(directory)
-    gateways.load(directory, replace(config, connections={
-        n: c for n, c in config.connections.items() if not lab.disconnected(gw.name, n)}))
+def plan_change(lab: Lab, new: Lab) -> list[Action]:
+    """The actions that take the running `lab` to `new` (the same lab with other changes)."""
+    return diff(read_snapshot(lab.directory), desired(new), new.topology)
 
 
-def restart_gateway(lab: Lab, gw: GatewayNode) -> float:
-    """Start a gateway's daemon again with the same configuration (journalled like the first one),
-    load it, and initiate every tunnel it has a key for: the peer still holds the old SAs, so this
-    side must not wait for its DPD. Returns the seconds until the tunnels were initiated."""
-    started = time.monotonic()
-    directory = lab.gw_dir(gw)
-    proc = gateways.start_charon(gw.netns, directory, lab.directory)
-    Registry(lab.directory).adopt_process(proc.pid, f"charon {gw.name}")
-    gateways.wait_ready(directory, proc, time.monotonic() + 10)
-    load_gateway(lab, gw)
-    wanted = [t for t in gw.tunnels if t.shared_key and t.peer_in_lab and not lab.disconnected(gw.name, t.local_site)]
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(wanted)))) as pool:
-        list(pool.map(lambda t: gateways.initiate(directory, t.conn_id, [c[0] for c in t.children], 5000), wanted))
-    return time.monotonic() - started
+def apply(new: Lab, actions: list[Action], initiate_timeout: float = 5.0) -> None:
+    """Run actions planned by plan_change, then record `new`'s changes: only what was applied is recorded."""
+    Executor(new, initiate_timeout).run(actions, read_snapshot(new.directory))
+    new.changes.write(new.directory)
+
+
+def converge(name: str | None) -> list[Action]:
+    """Bring what runs back to the desired state, e.g. a cap that a killed `verify --throughput` had
+    lifted, or a route a command killed half-way had not put back. Returns what it did."""
+    with changing(name) as lab:
+        actions = plan_change(lab, lab)
+        if actions:
+            Executor(lab).run(actions, read_snapshot(lab.directory))
+        return actions
+
+
+def heal_gateway(lab_name: str, gateway: str) -> float | None:
+    """The supervisor's restart of a daemon that died: apply the desired state to what runs without
+    it (start, load, initiate). None when the daemon answers already (reset-gateway restarted it);
+    else the seconds until its tunnels were initiated."""
+    with changing(lab_name) as lab:
+        directory = lab.gw_dir(lab.topology.gateway(gateway))
+        try:
+            gateways.check_alive(directory)
+            return None
+        except gateways.GatewayDown:
+            pass
+        started = time.monotonic()
+        applied = read_snapshot(lab.directory).without_gateway(gateway)
+        Executor(lab).run(diff(applied, desired(lab), lab.topology), applied)
+        return time.monotonic() - started
+
+
+def heal_routes(lab_name: str, ns: str) -> list[Action]:
+    """After a link came back up: the kernel dropped the routes through it, so the routes the
+    kernel really holds replace the snapshot's, and the difference is applied."""
+    with changing(lab_name) as lab:
+        with ops.Namespace(ns) as n:
+            held = frozenset(Route(ns, dst, via, prohibit) for dst, via, prohibit in n.routes())
+        applied = read_snapshot(lab.directory).with_routes_of(ns, held)
+        actions = [a for a in diff(applied, desired(lab), lab.topology) if isinstance(a, (AddRoute, DelRoute))
+                   and a.route.ns == ns]
+        Executor(lab).run(actions, applied)
+        return actions
+
+
+def record_event(lab_dir: Path, event: dict) -> None:
+    """Append one event to the lab's event log (one line, one write: concurrent writers never interleave)."""
+    line = json.dumps({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **event}) + "\n"
+    fd = os.open(lab_dir / EVENTS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
 def _start_key_recorder(lab: Lab, registry: Registry) -> None:
@@ -413,10 +438,11 @@ def _start_key_recorder(lab: Lab, registry: Registry) -> None:
 def _start_worker(registry: Registry, what: str, module: str, args: list[str]) -> None:
     """A long-lived helper of the lab, in the host namespace, journalled by pid; it prints
     "ready" once it can do its work."""
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            start_new_session=True, cwd=WORKER_CWD)
-    registry.adopt_process(proc.pid, what)
+    with ops.signals_held():  # it runs in the host namespace: it must be journalled before any interrupt
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                start_new_session=True, cwd=WORKER_CWD)
+        registry.adopt_process(proc.pid, what)
     if proc.stdout.readline().strip() != "ready":
         raise EnvironmentProblem(f"the {what} did not start")
     proc.stdout.close()
@@ -426,30 +452,7 @@ def _start_monitor(lab: Lab, registry: Registry) -> None:
     """The event recorder (workers/monitor.py), in the host namespace: it only talks to the vici
     sockets. It exits by itself when the daemons go; `down` also stops it by its journalled pid."""
     _start_worker(registry, "event monitor", "emulator.workers.monitor",
-                  [str(lab.directory), *(f"{gw.name}={lab.gw_dir(gw)}" for gw in lab.topology.gateways)])
-
-
-def connect_all(lab: Lab, timeout: float) -> None:
-    """Initiate every tunnel whose initiator end is keyed; wait for the outcome of those whose
-    peer is in the lab. A peer outside the lab (the walkthrough's dummy 5.4.3.2) is tried in the
-    background, as a real gateway would keep trying, but not waited for."""
-    jobs = [(gw, t) for gw in lab.topology.gateways for t in gw.tunnels if t.initiator]
-    waited = [(gw, t) for gw, t in jobs if t.peer_in_lab]
-    for gw, t in jobs:
-        if not t.peer_in_lab:
-            _initiate_in_background(lab.gw_dir(gw), t)
-    if waited:  # the outcome is read back over vici by `status`, with the daemons' own reasons
-        with ThreadPoolExecutor(max_workers=min(32, len(waited))) as pool:
-            list(pool.map(lambda job: gateways.initiate(lab.gw_dir(job[0]), job[1].conn_id,
-                                                        [c[0] for c in job[1].children], int(timeout * 1000)),
-                          waited))
-
-
-def _initiate_in_background(directory: Path, t: TunnelEnd) -> None:
-    with gateways.session(directory) as s:
-        for child, _l, _r in t.children:
-            for _ in s.initiate({"child": child, "ike": t.conn_id, "timeout": -1}):
-                pass
+                  [str(lab.directory), *(f"{gw.name}={gw.netns}={lab.gw_dir(gw)}" for gw in lab.topology.gateways)])
 
 
 # -- down -------------------------------------------------------------------------------------

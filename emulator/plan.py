@@ -59,6 +59,7 @@ VNET_KEYS = {"location", "resource_group", "address_space", "subnets", "gateway_
 GATEWAY_KEYS = {"type", "sku"}
 SITE_KEYS = {"address_space", "gateway_ip"}
 CONN_KEYS = {"vnet", "local_site", "shared_key", "ike_version", "ipsec"}
+AZURE_MIN_LIFETIME = 300
 IPSEC_KEYS = {"suite", "ike_proposals", "esp_proposals", "ike_lifetime", "child_lifetime", "dpd_delay"}
 SKU_ALIASES = {"Default": Sku.BASIC}  # New-AzureVNetGateway -GatewaySKU Default is Basic
 
@@ -402,12 +403,17 @@ class _Parser:
                 props = self.proposals(f[key], obj, f"ipsec.{key}", f.line_of(key))
                 ok = ok and props is not None
                 changes[key] = props
-        limits = {"ike_lifetime": (300, 172800), "child_lifetime": (300, 172800), "dpd_delay": (0, 3600)}
+        # lifetimes down to 10 s, so that a lab can show rekeys within a minute; Azure's start at 300 s
+        limits = {"ike_lifetime": (10, 172800), "child_lifetime": (10, 172800), "dpd_delay": (0, 3600)}
         for key, (low, high) in limits.items():
             if key in f:
                 val = self.integer(f[key], obj, f"ipsec.{key}", f.line_of(key), low, high)
                 ok = ok and val is not None
                 changes[key] = val
+                if key.endswith("lifetime") and val is not None and val < AZURE_MIN_LIFETIME:
+                    self.out.warning(obj, f"ipsec.{key}", f"{val} s is shorter than Azure allows ({AZURE_MIN_LIFETIME}-"
+                                     "172800 s): fine for watching rekeys in the lab, not for a real gateway",
+                                     f.line_of(key))
         return IpsecPolicy(**{**policy.__dict__, **changes}) if ok else None
 
     def proposals(self, value: Any, obj: str, fld: str, line: int | None) -> tuple[str, ...] | None:

@@ -137,10 +137,36 @@ def _established_at(seconds_ago: int | None) -> str | None:
     return at.isoformat(timespec="seconds")
 
 
+def ended_bytes(events: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
+    """Per (gateway, connection): the bytes in and out of every CHILD_SA that was rekeyed or closed,
+    so that counters are cumulative, as Azure's are. An SA has two ends: what one gateway sent on
+    SPI X, its peer received on SPI X. A daemon may report 0 for an outbound SA it already replaced
+    (the rekey responder does), so each count is the larger of the two ends' reports."""
+    once: dict[tuple[str, str, str], dict] = {}  # IKEv1 peers may both rekey one SA: one SA, two events
+    for e in events:
+        for sa in e.get("ended", []):
+            key = (e["gateway"], sa["spi_in"], sa["spi_out"])
+            old = once.get(key, {"bytes_in": 0, "bytes_out": 0})
+            once[key] = {**sa, "conn": e["local_site"], "bytes_in": max(old["bytes_in"], sa["bytes_in"]),
+                         "bytes_out": max(old["bytes_out"], sa["bytes_out"])}
+    ended = [(gateway, sa["conn"], sa) for (gateway, _i, _o), sa in once.items()]
+    received = {sa["spi_in"]: sa["bytes_in"] for _g, _c, sa in ended}
+    sent = {sa["spi_out"]: sa["bytes_out"] for _g, _c, sa in ended}
+    totals: dict[tuple[str, str], tuple[int, int]] = {}
+    for gateway, conn, sa in ended:
+        i, o = totals.get((gateway, conn), (0, 0))
+        totals[(gateway, conn)] = (i + max(sa["bytes_in"], sent.get(sa["spi_in"], 0)),
+                                   o + max(sa["bytes_out"], received.get(sa["spi_out"], 0)))
+    return totals
+
+
 def collect(lab: Lab, with_reasons: bool = True) -> list[ConnectionStatus]:
     # when each connection last became Connected, from the gateways' own events: an exact moment that
     # neither moves with the clock between two calls nor at a rekey (rekeys fire no up/down event)
-    connected_at = {(e["gateway"], e["local_site"]): e["time"] for e in lab.events() if e.get("to") == "Connected"}
+    events = lab.events()
+    connected_at = {(e["gateway"], e["local_site"]): e["time"] for e in events if e.get("to") == "Connected"}
+    carried = ended_bytes(events)
+    links_down = lab.links_down()
     result = []
     for gw in lab.topology.gateways:
         try:
@@ -149,9 +175,15 @@ def collect(lab: Lab, with_reasons: bool = True) -> list[ConnectionStatus]:
         except (ConnectionError, OSError):
             sas, down_reason = {}, (f"gateway daemon of {gw.name} is not running: its supervisor restarts it "
                                     "within seconds; if it stays down, see vnetlab gateway, then down and up")
+        if gw.name in links_down:
+            down_reason = (f"the backbone link of {gw.name} is down: no route to any peer (its SAs may still be "
+                           "installed, but nothing crosses); when the link comes back its routes are put back")
         for t in gw.tunnels:
             sa = sas.get(t.conn_id)
-            if sa and sa.installed_children >= {c[0] for c in t.children}:
+            earlier_in, earlier_out = carried.get((gw.name, t.conn_id), (0, 0))
+            if gw.name in links_down:
+                state = "NotConnected"
+            elif sa and sa.installed_children >= {c[0] for c in t.children}:
                 state = "Connected"
             elif sa and sa.ike_state in ("CONNECTING", "ESTABLISHED", "REKEYING") and (
                     sa.peer_answered or not t.initiator):
@@ -163,7 +195,8 @@ def collect(lab: Lab, with_reasons: bool = True) -> list[ConnectionStatus]:
                 reason, evidence = (down_reason, []) if down_reason else diagnose(lab, gw, t)
             result.append(ConnectionStatus(
                 gateway=gw.name, vnet=t.vnet, local_site=t.local_site, connectivity_state=state,
-                ingress_bytes=sa.bytes_in if sa else 0, egress_bytes=sa.bytes_out if sa else 0,
+                ingress_bytes=earlier_in + (sa.bytes_in if sa else 0),
+                egress_bytes=earlier_out + (sa.bytes_out if sa else 0),
                 last_connection_established=(connected_at.get((gw.name, t.conn_id))
                                              or _established_at(sa.established_seconds_ago))
                 if sa and sa.child_installed else None,

@@ -340,8 +340,12 @@ def esp_check(verdict: dict, probes_answered: int) -> Check:
                         f"{verdict['nonce_leaks'][0]}")
     if probes_answered and not esp:
         problems.append("probes crossed, but no ESP packet was seen on the backbone")
+    if verdict["blind_links"]:
+        problems.append(f"the capture did not see its canary on the link of {', '.join(verdict['blind_links'])}: "
+                        "it cannot vouch for what crossed there")
     detail = (f"{esp} ESP packets ({verdict['esp_bytes']} bytes) and {ike} IKE packets on the backbone; "
-              + ("; ".join(problems) if problems else "no clear-text lab traffic, no nonce in any payload"))
+              + ("; ".join(problems) if problems else "no clear-text lab traffic, no nonce in any payload; the "
+                 "capture saw its canary on every link"))
     return Check("esp", "backbone", "backbone", not problems, detail)
 
 

@@ -8,21 +8,25 @@ configs and reloaded over vici into the running daemons: nothing else restarts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, ip_address
 
-from netns import ops
-
 from . import gateways
-from .lab import Changes, Lab, changing, load_gateway, open_lab
+from netns.registry import end_with_parent
+
+from .executor import Executor, read_snapshot
+from .lab import Changes, Lab, apply, changing, desired, open_lab, plan_change, record_event
 from .plan import KEY_RE
 from .problems import UsageError
-from .render import render_gateway, write_rendered
+from .reconcile import Action, StopDaemon, diff
 from .rules import gateway_ip_problems
 from .status import ConnectionStatus, collect
-from .topology import GatewayNode, Topology, TunnelEnd
+from .topology import GatewayNode, TunnelEnd
 
-REINITIATE_MS = 5000
+EVENT_RESET = 23405
 
 
 def _end(lab: Lab, vnet: str, site: str) -> tuple[GatewayNode, TunnelEnd]:
@@ -41,44 +45,33 @@ def _end(lab: Lab, vnet: str, site: str) -> tuple[GatewayNode, TunnelEnd]:
     return gw, end
 
 
-def _reload(lab: Lab, gw: GatewayNode) -> None:
-    write_rendered([render_gateway(gw, lab.gw_dir(gw), lab.dataplane)])
-    load_gateway(lab, gw)
+@dataclass(frozen=True)
+class Applied:
+    """What a mutating command did (or, with --dry-run, would do)."""
+
+    lab: Lab
+    actions: list[Action]
+    dry_run: bool
+    notes: list[str] = field(default_factory=list)
 
 
-def _restart(lab: Lab, gw: GatewayNode, end: TunnelEnd) -> None:
-    """Drop the connection's SAs and initiate again from this gateway, waiting a few seconds."""
-    directory = lab.gw_dir(gw)
-    gateways.terminate(directory, end.conn_id)
-    if end.shared_key is not None and not lab.disconnected(gw.name, end.local_site):
-        gateways.initiate(directory, end.conn_id, [c[0] for c in end.children], REINITIATE_MS)
+def _change(lab: Lab, changes: Changes, dry_run: bool, notes: list[str] | None = None) -> Applied:
+    """Desired state → pure diff → actions, run by the executor; the change is recorded only once applied."""
+    new = lab.with_changes(changes)
+    actions = plan_change(lab, new)
+    if not dry_run:
+        apply(new, actions)
+    return Applied(new, actions, dry_run, notes or [])
 
 
-def _sync_routes(old: Topology, new: Topology, ns: str) -> None:
-    before = {r for r in old.routes if r.ns == ns}
-    after = {r for r in new.routes if r.ns == ns}
-    with ops.Namespace(ns) as n:
-        for r in before - after:
-            n.del_route(r.dst, r.via, r.prohibit)
-        for r in after - before:
-            n.add_route(r.dst, r.via, r.prohibit)
-
-
-def set_key(name: str | None, vnet: str, site: str, key: str) -> Lab:
+def set_key(name: str | None, vnet: str, site: str, key: str, dry_run: bool = False) -> Applied:
     """Set-AzureVNetGatewayKey: reload the key into the running gateway, then record it. A gateway
     that does not answer gets nothing recorded (GatewayDown, exit 3)."""
     if not KEY_RE.match(key):
         raise UsageError("the key (masked) is not valid: a classic shared key is 1-128 letters and digits")
     with changing(name) as lab:
         _end(lab, vnet, site)
-        changes = replace(lab.changes, keys={**lab.changes.keys, Changes.ref(vnet, site): key})
-        new = lab.with_changes(changes)
-        gw, end = _end(new, vnet, site)
-        gateways.check_alive(new.gw_dir(gw))
-        _reload(new, gw)
-        _restart(new, gw, end)
-        changes.write(lab.directory)
-        return new
+        return _change(lab, replace(lab.changes, keys={**lab.changes.keys, Changes.ref(vnet, site): key}), dry_run)
 
 
 def get_key(name: str | None, vnet: str, site: str) -> str | None:
@@ -87,7 +80,7 @@ def get_key(name: str | None, vnet: str, site: str) -> str | None:
     return end.shared_key.reveal() if end.shared_key else None
 
 
-def update_site(name: str | None, site: str, gateway_ip: str) -> tuple[Lab, list[str]]:
+def update_site(name: str | None, site: str, gateway_ip: str, dry_run: bool = False) -> Applied:
     """Point a local site at another gateway address; returns the lab and what changed."""
     with changing(name) as lab:
         sites = {s.name: s for s in lab.plan.local_sites}
@@ -109,46 +102,104 @@ def update_site(name: str | None, site: str, gateway_ip: str) -> tuple[Lab, list
                          "so its connections do not change")
         changes = replace(lab.changes, gateway_ips={**lab.changes.gateway_ips, site: gateway_ip})
         new = lab.with_changes(changes)
-        moved = []
         for gw in new.topology.gateways:
+            if gw.kind != "vnet":
+                continue
             for end in gw.tunnels:
-                if end.local_site == site and gw.kind == "vnet":
+                if end.local_site == site:
                     old_end = next(t for t in lab.topology.gateway(gw.name).tunnels if t.local_site == site)
                     if old_end.remote_ip != end.remote_ip:
-                        moved.append((gw, end, old_end))
-        for gw, _, _ in moved:  # every gateway answers before anything changes
-            gateways.check_alive(new.gw_dir(gw))
-        for gw, end, old_end in moved:
-            _sync_routes(lab.topology, new.topology, gw.netns)
-            _reload(new, gw)
-            _restart(new, gw, end)
-            notes.append(f"{gw.name} -> {site}: gateway address {old_end.remote_ip} -> {end.remote_ip}")
-        if not moved and not notes:
+                        notes.append(f"{gw.name} -> {site}: gateway address {old_end.remote_ip} -> {end.remote_ip}")
+        if not notes:
             notes.append(f"nothing to do: {site}'s gateway address is {gateway_ip} already")
-        changes.write(lab.directory)
-        return new, notes
+        return _change(lab, changes, dry_run, notes)
 
 
-def set_connected(name: str | None, vnet: str, site: str, connect: bool) -> tuple[Lab, str | None]:
-    """Set-AzureVNetGateway -Connect / -Disconnect for one VNet's connection to one site. Returns the lab
-    and, when the connection already was in that state, a note that there was nothing to do."""
+def set_connected(name: str | None, vnet: str, site: str, connect: bool, dry_run: bool = False) -> Applied:
+    """Set-AzureVNetGateway -Connect / -Disconnect for one VNet's connection to one site. When the
+    connection already was in that state, a note says there was nothing to do."""
     with changing(name) as lab:
-        gw, end = _end(lab, vnet, site)
+        _end(lab, vnet, site)
         ref = Changes.ref(vnet, site)
         if (ref not in lab.changes.disconnected) == connect:
-            return lab, f"nothing to do: {vnet}'s connection to {site} is {'connected' if connect else 'disconnected'} already"
-        changes = replace(lab.changes, disconnected=lab.changes.disconnected - {ref} if connect
-                          else lab.changes.disconnected | {ref})
-        new = lab.with_changes(changes)
-        gateways.check_alive(new.gw_dir(gw))
-        if connect:
-            _reload(new, gw)
-            _restart(new, gw, end)
-        else:
-            gateways.terminate(new.gw_dir(gw), end.conn_id)
-            gateways.unload(new.gw_dir(gw), end.conn_id)
-        changes.write(lab.directory)
-        return new, None
+            state = "connected" if connect else "disconnected"
+            return Applied(lab, [], dry_run, [f"nothing to do: {vnet}'s connection to {site} is {state} already"])
+        return _change(lab, replace(lab.changes, disconnected=lab.changes.disconnected - {ref} if connect
+                                    else lab.changes.disconnected | {ref}), dry_run)
+
+
+RESET_WAIT = 20.0  # seconds reset-gateway waits for the gateway's tunnels to be Connected again
+
+
+def reset_gateway(name: str | None, vnet: str, dry_run: bool = False) -> tuple[Applied, dict]:
+    """Reset-AzureVNetGateway: a deliberate restart of the gateway's daemon, through the reconciler
+    (stop, then what runs without it is brought back to the desired state). Returns how long until
+    every tunnel the gateway should hold was Connected again, and the outage a ping across it saw."""
+    with changing(name) as lab:
+        gw = _gateway_of(lab, vnet)
+        applied = read_snapshot(lab.directory)
+        actions = [StopDaemon(gw.name), *diff(applied.without_gateway(gw.name), desired(lab), lab.topology)]
+        if dry_run:
+            return Applied(lab, actions, True), {}
+        wanted = {t.conn_id for t in gw.tunnels if t.shared_key and t.peer_in_lab
+                  and not lab.disconnected(gw.name, t.local_site)}
+        with OutageProbe(lab, gw) as probe:
+            started = time.monotonic()
+            Executor(lab).run(actions, applied)
+            while True:
+                sas = gateways.list_sas(lab.gw_dir(gw))
+                back = all(c in sas and sas[c].child_installed for c in wanted)
+                if back or time.monotonic() - started > RESET_WAIT:
+                    break
+                time.sleep(0.02)
+            tunnels_back = time.monotonic() - started
+        outage = probe.outage
+        message = (f"The gateway {vnet} was reset (Reset-AzureVNetGateway): its daemon was restarted; "
+                   + (f"its {len(wanted)} tunnel(s) were Connected again {tunnels_back:.2f} s after the stop"
+                      if back else f"not every tunnel was Connected again within {RESET_WAIT:.0f} s")
+                   + (f"; a ping across its tunnel to {probe.target} lost {outage:.2f} s." if outage is not None
+                      else "."))
+        for t in gw.tunnels:
+            record_event(lab.directory, {"gateway": gw.name, "local_site": t.conn_id, "id": EVENT_RESET,
+                                         "cause": "reset", "message": message})
+        return Applied(lab, actions, False, [message]), {
+            "TunnelsBackSeconds": round(tunnels_back, 2) if back else None,
+            "OutageSeconds": round(outage, 2) if outage is not None else None}
+
+
+class OutageProbe:
+    """A ping every 10 ms from a host behind the gateway to a host behind its first in-lab peer, for
+    the length of a `with` block; `outage` is then the longest time without an answer (None when the
+    gateway has no peer in the lab). The ping is this process's child, ended by its pid."""
+
+    INTERVAL = 0.01
+
+    def __init__(self, lab: Lab, gw: GatewayNode):
+        self.outage: float | None = None
+        self.proc = None
+        peer = next((lab.topology.peer_gateway(t) for t in gw.tunnels if t.shared_key and t.peer_in_lab
+                     and not lab.disconnected(gw.name, t.local_site)), None)
+        src = next((h for h in lab.topology.hosts if h.owner == gw.name), None)
+        dst = next((h for h in lab.topology.hosts if peer is not None and h.owner == peer.name), None)
+        self.source, self.target = src, (dst.address if dst else None)
+
+    def __enter__(self) -> "OutageProbe":
+        if self.source is not None and self.target is not None:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.source.netns, "ping", "-n", "-D", "-i", str(self.INTERVAL), "-W", "1", str(self.target)],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=end_with_parent)
+            time.sleep(0.2)  # answers before the reset: the baseline
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None:
+            return
+        time.sleep(0.3)  # answers after: the outage has an end
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=5)
+        stamps = [float(m.group(1)) for m in re.finditer(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        self.outage = max(0.0, max(gaps, default=0.0) - self.INTERVAL) if len(stamps) > 1 else None
 
 
 @dataclass(frozen=True)
@@ -181,15 +232,21 @@ def connection(name: str | None, vnet: str) -> tuple[Lab, list[ConnectionReport]
     return lab, reports
 
 
-def gateway(name: str | None, vnet: str) -> dict:
-    """Get-AzureVNetGateway: 404 (exit 2) when the VNet has no gateway."""
-    lab = open_lab(name)
+def _gateway_of(lab: Lab, vnet: str) -> GatewayNode:
+    """A VNet's gateway; 404 (exit 2) when the VNet has none, as in Azure."""
     v = next((v for v in lab.plan.vnets if v.name == vnet), None)
     if v is None:
         raise UsageError(f"no VNet '{vnet}' in lab '{lab.name}'; VNets: {', '.join(x.name for x in lab.plan.vnets)}")
     if v.gateway is None:
         raise UsageError(f"ResourceNotFound (404): no gateway exists for virtual network '{vnet}'")
-    gw = lab.topology.gateway(vnet)
+    return lab.topology.gateway(vnet)
+
+
+def gateway(name: str | None, vnet: str) -> dict:
+    """Get-AzureVNetGateway: 404 (exit 2) when the VNet has no gateway."""
+    lab = open_lab(name)
+    gw = _gateway_of(lab, vnet)
+    v = next(v for v in lab.plan.vnets if v.name == vnet)
     mine = [e for e in lab.events() if e["gateway"] == vnet]
     last = mine[-1] if mine else {}
     try:  # the daemon's own answer, not a constant

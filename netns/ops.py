@@ -6,22 +6,48 @@ other namespace), so no lab interface ever appears in the host namespace.
 
 from __future__ import annotations
 
+import errno
+import os
+import signal
+import threading
+from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
+from typing import Iterator
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 NETNS_DIR = Path("/run/netns")
 NUD_PERMANENT = 0x80
+RTPROT_KERNEL = 2
+RTN_PROHIBIT = 8
 
 
 def exists(name: str) -> bool:
     return (NETNS_DIR / name).exists()
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done. pyroute2 forks a helper to create a
+    namespace and to open a socket in one: interrupted there, a namespace could appear after the
+    teardown had run, or the interrupt be lost in the fork handlers ("Exception ignored in
+    _releaseLock"). Held, the signal arrives right after, at a point where the journal is true."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives them
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def create(name: str) -> None:
-    netns.create(name)
+    with signals_held():
+        netns.create(name)
 
 
 def remove(name: str) -> None:
@@ -35,7 +61,8 @@ class Namespace:
 
     def __init__(self, name: str):
         self.name = name
-        self.ipr = IPRoute(netns=name, flags=0)
+        with signals_held():
+            self.ipr = IPRoute(netns=name, flags=0)
 
     def __enter__(self) -> "Namespace":
         return self
@@ -66,19 +93,28 @@ class Namespace:
         self.ipr.addr("add", index=self.index(ifname), address=str(addr.ip), prefixlen=addr.network.prefixlen)
 
     def del_route(self, dst: IPv4Network, via: IPv4Address | None = None, prohibit: bool = False) -> None:
-        if prohibit:
-            self.ipr.route("del", dst=str(dst), type="prohibit")
-        else:
-            self.ipr.route("del", dst=str(dst), gateway=str(via))
+        """No error when the route is gone already (a link that went down takes its routes)."""
+        try:
+            if prohibit:
+                self.ipr.route("del", dst=str(dst), type="prohibit")
+            else:
+                self.ipr.route("del", dst=str(dst), gateway=str(via))
+        except NetlinkError as exc:
+            if exc.code != errno.ESRCH:
+                raise
 
     def limit_rate(self, ifname: str, mbit: int) -> None:
         """Token bucket on the interface's egress: at most `mbit` Mbit/s leave through it."""
-        self.ipr.tc("add", "tbf", index=self.index(ifname), handle="1:", rate=f"{mbit}mbit",
+        self.ipr.tc("replace", "tbf", index=self.index(ifname), handle="1:", rate=f"{mbit}mbit",
                     burst=max(32 * 1024, mbit * 1024 * 1024 // 8 // 100), latency="50ms")
 
     def clear_rate(self, ifname: str) -> None:
-        """Remove the root qdisc set by limit_rate (back to the default queue)."""
-        self.ipr.tc("del", index=self.index(ifname), handle="1:", root=True)
+        """Remove the root qdisc set by limit_rate (back to the default queue); none is fine."""
+        try:
+            self.ipr.tc("del", index=self.index(ifname), handle="1:", root=True)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENOENT, errno.EINVAL):
+                raise
 
     def tx_bytes(self, ifname: str) -> int:
         link = self.ipr.get_links(self.index(ifname))[0]
@@ -88,10 +124,40 @@ class Namespace:
         return [q.get_attr("TCA_KIND") for q in self.ipr.get_qdiscs(index=self.index(ifname))]
 
     def add_route(self, dst: IPv4Network, via: IPv4Address | None = None, prohibit: bool = False) -> None:
+        """Idempotent (replace): applying a route that is already there changes nothing."""
         if prohibit:
-            self.ipr.route("add", dst=str(dst), type="prohibit")
+            self.ipr.route("replace", dst=str(dst), type="prohibit")
         else:
-            self.ipr.route("add", dst=str(dst), gateway=str(via))
+            self.ipr.route("replace", dst=str(dst), gateway=str(via))
+
+    def routes(self) -> list[tuple[IPv4Network, IPv4Address | None, bool]]:
+        """The main table's routes that were added, not the kernel's own (connected) ones:
+        (destination, gateway, prohibit)."""
+        found = []
+        for r in self.ipr.get_routes(family=2, table=254):
+            if r["proto"] == RTPROT_KERNEL:
+                continue
+            dst = IPv4Network(f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}")
+            via = r.get_attr("RTA_GATEWAY")
+            found.append((dst, IPv4Address(via) if via else None, r["type"] == RTN_PROHIBIT))
+        return found
+
+    def link_up(self, ifname: str) -> bool:
+        """Administratively up and with carrier (operstate UP)."""
+        return self.ipr.get_links(self.index(ifname))[0].get_attr("IFLA_OPERSTATE") == "UP"
+
+
+def inside(ns: str, make):
+    """Run make() with this thread in namespace ns: the sockets it opens belong there for good."""
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        netns.setns(f"{NETNS_DIR}/{ns}", flags=0)
+        try:
+            return make()
+        finally:
+            netns.setns(home, flags=0)
+    finally:
+        os.close(home)
 
 
 def set_sysctls(name: str, settings: dict[str, str]) -> None:
@@ -104,4 +170,4 @@ def set_sysctls(name: str, settings: dict[str, str]) -> None:
         netns.popns()
 
 
-__all__ = ["Namespace", "NetlinkError", "create", "exists", "remove", "set_sysctls"]
+__all__ = ["Namespace", "NetlinkError", "create", "exists", "inside", "remove", "set_sysctls"]

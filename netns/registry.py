@@ -12,6 +12,7 @@ any point leaves a journal that covers everything it may have made. Teardown:
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 from . import ops
 
 JOURNAL = "resources.jsonl"
+PR_SET_PDEATHSIG = 1
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -125,6 +127,12 @@ class Registry:
         if self.directory.exists():
             problems.append(f"directory {self.directory} could not be removed")
         return problems
+
+
+def end_with_parent() -> None:
+    """As a Popen preexec_fn: the child gets SIGTERM when its parent dies (`ip netns exec` execs
+    the command, and the setting survives exec), so a helper never outlives a killed command."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _stop(pids: set[int], grace: float) -> None:

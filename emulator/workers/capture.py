@@ -5,14 +5,22 @@ other end and that gateway's public address). Prints "ready" once sniffing. stdi
 {"nonces": [hex, ...], "private": [cidr, ...], "pcap_dir": path|null}; the worker stops, checks
 every packet and prints a JSON verdict. Each packet crosses two backbone links (in from one gateway,
 out to another); it is counted once, on the link where it enters the backbone.
+
+A capture that saw nothing would pass any "nothing in clear" test, so before it stops the worker
+sends a canary (one UDP datagram with a random payload, from the backbone to each gateway's
+address: inside the lab) and reports on which links it was seen; the canaries themselves, and
+the ICMP errors quoting them, are not judged.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import socket
 import sys
 import threading
+import time
 from collections import defaultdict
 
 from scapy.config import conf
@@ -21,6 +29,7 @@ from scapy.sendrecv import AsyncSniffer
 from scapy.utils import wrpcap
 
 IKE_PORTS = {500, 4500}
+CANARY_PORT = 9  # discard
 NONCE = 16  # bytes
 
 
@@ -53,6 +62,11 @@ def main() -> None:
     started.wait(5)
     print("ready", flush=True)
     request = json.loads(sys.stdin.readline() or "{}")
+    canary = os.urandom(NONCE)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _iface, _gw, addr in links:
+            sock.sendto(canary, (addr, CANARY_PORT))
+    time.sleep(0.2)
     packets = sniffer.stop() or []
     # every 16-byte window of a packet, looked up in a set: linear in the bytes captured, not
     # multiplied by the number of probes (a 100-VNet ring sends tens of thousands)
@@ -62,11 +76,15 @@ def main() -> None:
     esp_bytes = 0
     violations, leaks = [], []
     per_iface = defaultdict(list)
+    canaries = set()
     for pkt in packets:
         on = getattr(pkt, "sniffed_on", None) or "backbone"
         per_iface[on].append(pkt)
-        kind = classify(pkt)
         raw = bytes(pkt)
+        if canary in raw:
+            canaries.add(on)
+            continue
+        kind = classify(pkt)
         if IP not in pkt or pkt[IP].src == entering.get(on):
             counts[kind] += 1
             if kind == "esp":
@@ -84,7 +102,8 @@ def main() -> None:
             pcaps.append(path)
     json.dump({"packets": len(packets), "counts": dict(counts), "esp_bytes": esp_bytes,
                "violations": violations[:20], "violation_count": len(violations),
-               "nonce_leaks": leaks[:20], "nonce_leak_count": len(leaks), "pcaps": pcaps}, sys.stdout)
+               "nonce_leaks": leaks[:20], "nonce_leak_count": len(leaks), "pcaps": pcaps,
+               "blind_links": [gw for iface, gw, _addr in links if iface not in canaries]}, sys.stdout)
 
 
 if __name__ == "__main__":

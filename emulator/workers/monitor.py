@@ -1,28 +1,39 @@
-"""Record each gateway's own connection events (vici ike-updown / child-updown) for a lab, and
-supervise the gateways: a daemon that dies is started again, as Azure's gateways recover by themselves.
+"""Record each gateway's own events for a lab, and supervise the gateways and their links, as
+Azure's gateways recover by themselves.
 
-argv: LAB_DIR, then NAME=GATEWAY_DIR per gateway. Appends one JSON line per connectivity-state
-transition to LAB_DIR/events.jsonl, in the vocabulary of Get-AzureVNetConnection (event 23401),
-and one per connection when its gateway's daemon was restarted (event 23402). Prints "ready" once
-every listener is registered. `down` stops this process before it stops the daemons; it also
-exits by itself when the lab's state directory is gone.
+argv: LAB_DIR, then NAME=NETNS=GATEWAY_DIR per gateway. Appends one JSON line per event to
+LAB_DIR/events.jsonl, in the vocabulary of Get-AzureVNetConnection:
+- 23401: a connectivity-state transition (vici ike-updown / child-updown);
+- 23402: the gateway's daemon stopped and its supervisor restarted it;
+- 23403: an SA was rekeyed (vici ike-rekey / child-rekey), with the bytes the old CHILD_SA carried,
+  so that the byte counters `status` shows are cumulative, as Azure's are;
+- 23404: the gateway's backbone link went down or came back (its routes are put back then).
+Every change to the lab goes through lab.py's reconciler, under the lab's lock. Prints "ready"
+once every listener is registered. `down` stops this process before it stops the daemons; it
+also exits by itself when the lab's state directory is gone.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import select
 import socket
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-import vici
+from emulator import gateways
+from netns import ops
+from emulator.lab import LINKS_DOWN, heal_gateway, heal_routes, record_event
 
 EVENT_STATE_CHANGE = 23401
 EVENT_RESTART = 23402
+EVENT_REKEY = 23403
+EVENT_LINK = 23404
 RESTARTS_PER_MINUTE = 5  # a daemon that dies at once after every start is left down, and said so
+RTMGRP_LINK = 1
 _lock = threading.Lock()
 
 
@@ -31,31 +42,28 @@ def _text(value) -> str:
 
 
 class Recorder:
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, lab_dir: Path):
+        self.lab_dir = lab_dir
         self.state: dict[tuple[str, str], str] = {}
 
-    def _write(self, event: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **event})
-                     + "\n")
+    def write(self, gateway: str, conn: str, event_id: int, message: str, **fields) -> None:
+        record_event(self.lab_dir, {"gateway": gateway, "local_site": conn, "id": event_id, **fields,
+                                    "message": message})
 
-    def transition(self, gateway: str, conn: str, new: str, cause: str) -> None:
+    def transition(self, gateway: str, conn: str, new: str, cause: str, **fields) -> None:
         with _lock:
             old = self.state.get((gateway, conn), "NotConnected")
             if old == new:
                 return
             self.state[(gateway, conn)] = new
-            self._write({"gateway": gateway, "local_site": conn, "id": EVENT_STATE_CHANGE, "from": old, "to": new,
-                         "cause": cause, "message": f"The connectivity state for the local network site '{conn}' "
-                                                   f"changed from {_words(old)} to {_words(new)}."})
+            self.write(gateway, conn, EVENT_STATE_CHANGE, f"The connectivity state for the local network site "
+                       f"'{conn}' changed from {_words(old)} to {_words(new)}.", to=new, cause=cause, **fields)
 
-    def restarted(self, gateway: str, conns: list[str], message: str) -> None:
+    def forget(self, gateway: str) -> None:
+        """The daemon is gone: whatever its SAs were, they are no more."""
         with _lock:
-            for conn in conns:
-                self.state[(gateway, conn)] = "NotConnected"
-                self._write({"gateway": gateway, "local_site": conn, "id": EVENT_RESTART, "to": "NotConnected",
-                             "cause": "restart", "message": message})
+            for key in [k for k in self.state if k[0] == gateway]:
+                self.state[key] = "NotConnected"
 
 
 def _words(state: str) -> str:
@@ -64,29 +72,48 @@ def _words(state: str) -> str:
 
 def listen(gateway: str, directory: Path, recorder: Recorder, ready: threading.Barrier) -> None:
     """Record this gateway's events; when its daemon goes while the lab lives, restart it and go on."""
-    first, restarts = True, []
+    announced, restarts = False, []
     while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        synced = False
         try:
-            sock.connect(str(directory / "charon.vici"))
-            for kind, msg in vici.Session(sock).listen(["ike-updown", "child-updown"], timeout=0.05):
-                if first:
-                    first = False
-                    ready.wait()
-                if kind is None:
-                    continue
-                _record(gateway, _text(kind), msg, recorder)
-        except (OSError, vici.exception.SessionException, vici.exception.DeserializationException):
+            with gateways.session(directory, timeout=5.0) as s:
+                events = s.listen(["ike-updown", "child-updown", "ike-rekey", "child-rekey"], timeout=0.05)
+                for kind, msg in events:
+                    if not announced:
+                        announced = True
+                        ready.wait()
+                    if not synced:  # registered now: catch up with what came up before
+                        synced = True
+                        _sync(gateway, directory, recorder)
+                    if kind is not None:
+                        _record(gateway, _text(kind), msg, recorder)
+        except (ConnectionError, OSError, ValueError):
             pass  # the daemon went away
         finally:
-            if first:
-                first = False
+            if not announced:
+                announced = True
                 ready.wait()
-            sock.close()
+        recorder.forget(gateway)
         restarts = [t for t in restarts if time.monotonic() - t < 60] + [time.monotonic()]
         if not directory.parent.exists() or len(restarts) > RESTARTS_PER_MINUTE:
             return  # the lab is being removed, or the daemon cannot stay up: `status` says it is not running
         _restart(gateway, directory, recorder)
+
+
+def _sync(gateway: str, directory: Path, recorder: Recorder) -> None:
+    """A (re)started listener catches up with SAs that came up before it listened."""
+    try:
+        for conn, sa in gateways.list_sas(directory).items():
+            if sa.child_installed:
+                recorder.transition(gateway, conn, "Connected", "listener started")
+    except (ConnectionError, OSError):
+        pass
+
+
+def _ended(child: dict) -> dict:
+    """An ended CHILD_SA's SPIs and byte counts at its end (status.py sums them: cumulative counters)."""
+    return {"spi_in": _text(child.get("spi-in", "")), "spi_out": _text(child.get("spi-out", "")),
+            "bytes_in": int(_text(child.get("bytes-in", "0"))), "bytes_out": int(_text(child.get("bytes-out", "0")))}
 
 
 def _record(gateway: str, kind: str, msg: dict, recorder: Recorder) -> None:
@@ -96,36 +123,118 @@ def _record(gateway: str, kind: str, msg: dict, recorder: Recorder) -> None:
             continue
         conn = _text(name)
         if kind == "child-updown":
-            recorder.transition(gateway, conn, "Connected" if up else "NotConnected", kind)
-        else:
+            ended = [] if up else [_ended(c) for c in sa.get("child-sas", {}).values()]
+            recorder.transition(gateway, conn, "Connected" if up else "NotConnected", kind,
+                                **({"ended": ended} if ended else {}))
+        elif kind == "ike-updown":
             recorder.transition(gateway, conn, "Connecting" if up else "NotConnected", kind)
+        elif kind == "child-rekey":
+            for child in sa.get("child-sas", {}).values():
+                old, new = child.get("old", {}), child.get("new", {})
+                recorder.write(gateway, conn, EVENT_REKEY, f"The IPsec SA of the local network site '{conn}' was "
+                               f"rekeyed: SPIs {_text(old.get('spi-in', '?'))} -> {_text(new.get('spi-in', '?'))} "
+                               "(the new SA was installed before the old one was deleted).",
+                               cause=kind, ended=[_ended(old)])
+        elif kind == "ike-rekey":
+            new = sa.get("new", {})
+            recorder.write(gateway, conn, EVENT_REKEY, f"The IKE SA of the local network site '{conn}' was rekeyed "
+                           f"(new IKE SA #{_text(new.get('uniqueid', '?'))}).", cause=kind)
 
 
 def _restart(gateway: str, directory: Path, recorder: Recorder) -> None:
-    from emulator.lab import open_lab, restart_gateway
+    try:
+        seconds = heal_gateway(directory.parent.name, gateway)
+    except Exception as exc:  # noqa: BLE001 - the supervisor reports any failure as an event, and goes on
+        seconds, failure = None, str(exc)
+    else:
+        failure = None
+        if seconds is None:
+            return  # restarted already, deliberately (reset-gateway records its own event)
+    message = (f"The gateway daemon of {gateway} stopped and was restarted by its supervisor; its tunnels were "
+               f"initiated again {seconds:.1f} s later." if failure is None else
+               f"The gateway daemon of {gateway} stopped; restarting it failed: {failure}")
+    for conn in _conns(directory.parent.name, gateway):
+        recorder.write(gateway, conn, EVENT_RESTART, message, to="NotConnected", cause="restart")
+
+
+def _conns(lab_name: str, gateway: str) -> list[str]:
+    from emulator.lab import open_lab
     from emulator.problems import VnetlabError
 
     try:
-        lab = open_lab(directory.parent.name)
-        gw = lab.topology.gateway(gateway)
-        seconds = restart_gateway(lab, gw)
-        message = (f"The gateway daemon of {gateway} stopped and was restarted by its supervisor; its tunnels "
-                   f"were initiated again {seconds:.1f} s later.")
-    except (VnetlabError, OSError, StopIteration) as exc:
-        message = f"The gateway daemon of {gateway} stopped; restarting it failed: {exc}"
-        gw = None
-    conns = [t.conn_id for t in gw.tunnels] if gw is not None else sorted(
-        {c for g, c in recorder.state if g == gateway})
-    recorder.restarted(gateway, conns, message)
+        return [t.conn_id for t in open_lab(lab_name).topology.gateway(gateway).tunnels]
+    except (VnetlabError, OSError, StopIteration):
+        return [""]
+
+
+def watch_links(lab_dir: Path, gateways_ns: dict[str, str], ready: threading.Barrier) -> None:
+    """Link events of each gateway's namespace (netlink, RTMGRP_LINK). When a backbone link goes
+    down, the kernel drops the routes through it; when it comes back, they are put back."""
+    socks: dict[int, tuple[socket.socket, str, str]] = {}
+    for gateway, ns in gateways_ns.items():
+        sock = ops.inside(ns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE))
+        sock.bind((0, RTMGRP_LINK))
+        socks[sock.fileno()] = (sock, gateway, ns)
+    ready.wait()
+    down: set[str] = set()
+    poller = select.poll()
+    for fd in socks:
+        poller.register(fd, select.POLLIN)
+    while lab_dir.exists():
+        changed = set()
+        for fd, _ev in poller.poll(500):
+            sock, gateway, ns = socks[fd]
+            try:
+                sock.recv(65536)
+            except OSError:
+                continue
+            changed.add((gateway, ns))
+        if not changed:
+            continue
+        time.sleep(0.2)  # let a burst of link messages settle
+        for gateway, ns in sorted(changed):
+            _link_changed(lab_dir, gateway, ns, down)
+
+
+def _link_changed(lab_dir: Path, gateway: str, ns: str, down: set[str]) -> None:
+    try:
+        with ops.Namespace(ns) as n:
+            is_up = n.link_up("bb")
+    except Exception:  # noqa: BLE001 - the namespace is going away with the lab
+        return
+    if is_up == (gateway not in down):
+        return
+    if is_up:
+        down.discard(gateway)
+        try:
+            restored = heal_routes(lab_dir.name, ns)
+            what = f"{len(restored)} route(s) through it put back"
+        except Exception as exc:  # noqa: BLE001 - said in the event; the next link change tries again
+            what = f"its routes could not be put back: {exc}"
+        message = f"The backbone link of {gateway} came back up; {what}."
+    else:
+        down.add(gateway)
+        message = f"The backbone link of {gateway} went down; the kernel dropped the routes through it."
+    _write_links_down(lab_dir, down)
+    record_event(lab_dir, {"gateway": gateway, "local_site": "", "id": EVENT_LINK, "cause": "link",
+                           "to": "up" if is_up else "down", "message": message})
+
+
+def _write_links_down(lab_dir: Path, down: set[str]) -> None:
+    tmp = lab_dir / f".{LINKS_DOWN}.{os.getpid()}"
+    tmp.write_text(json.dumps(sorted(down)))
+    os.replace(tmp, lab_dir / LINKS_DOWN)
 
 
 def main() -> None:
     lab_dir = Path(sys.argv[1])
-    gateways = [arg.split("=", 1) for arg in sys.argv[2:]]
-    recorder = Recorder(lab_dir / "events.jsonl")
-    ready = threading.Barrier(len(gateways) + 1)
+    specs = [arg.split("=", 2) for arg in sys.argv[2:]]
+    recorder = Recorder(lab_dir)
+    ready = threading.Barrier(len(specs) + 2)
     threads = [threading.Thread(target=listen, args=(name, Path(d), recorder, ready), daemon=True)
-               for name, d in gateways]
+               for name, _ns, d in specs]
+    threads.append(threading.Thread(target=watch_links, args=(lab_dir, {n: ns for n, ns, _d in specs}, ready),
+                                    daemon=True))
     for t in threads:
         t.start()
     ready.wait()

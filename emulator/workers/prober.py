@@ -25,7 +25,6 @@ TCP resets that quote a probe say where it was refused.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import selectors
 import socket
@@ -34,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from pyroute2 import netns
+from netns import ops
 from scapy.config import conf
 from scapy.layers.inet import ICMP, IP, TCP, UDP, ICMPerror, IPerror, TCPerror, UDPerror
 from scapy.packet import Raw
@@ -62,19 +61,6 @@ class Host:
     next_ident: int = 20000
 
 
-def _inside(ns: str, make):
-    """Run make() with this thread in namespace ns: the sockets it opens belong there."""
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    try:
-        netns.setns(f"/run/netns/{ns}", flags=0)
-        try:
-            return make()
-        finally:
-            netns.setns(home, flags=0)
-    finally:
-        os.close(home)
-
-
 def open_host(spec: dict, sel: selectors.BaseSelector) -> Host:
     host = Host(spec["ns"], spec["address"], spec.get("router"))
 
@@ -99,7 +85,7 @@ def open_host(spec: dict, sel: selectors.BaseSelector) -> Host:
             sel.register(t, selectors.EVENT_READ, ("accept", host, port))
             sel.register(u, selectors.EVENT_READ, ("echo", host, port))
 
-    _inside(host.ns, make)
+    ops.inside(host.ns, make)
     return host
 
 

@@ -1,0 +1,176 @@
+"""The one place where a running lab changes: run reconcile.py's actions, journal each one, and
+keep the snapshot of what runs (`applied.json`, replaced atomically) true at every moment.
+
+The snapshot never claims more than what runs: an action that removes something (a route, a
+cap, a daemon, a loaded connection) is written to the snapshot *before* it runs, one that adds
+something only *after* it succeeded. A command killed half-way thus leaves a snapshot from
+which the next apply re-adds whatever may be missing; adding is idempotent (replace).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime, timezone
+from itertools import groupby
+from pathlib import Path
+from typing import Callable
+
+from netns import ops
+from netns.registry import Registry
+
+from . import gateways
+from .reconcile import (Action, AddRoute, DelRoute, Initiate, LiveState, Load, SetRate, StartDaemon, StopDaemon,
+                        Terminate, Unload, WriteConfig, replay)
+from .render import render_gateway, write_private, write_rendered
+from .swanconf import read_gateway_config
+
+SNAPSHOT = "applied.json"
+ACTIONS_LOG = "actions.jsonl"
+
+
+def read_snapshot(lab_dir: Path) -> LiveState:
+    try:
+        return LiveState.from_json((lab_dir / SNAPSHOT).read_text())
+    except FileNotFoundError:
+        return LiveState()
+
+
+def write_snapshot(lab_dir: Path, state: LiveState) -> None:
+    tmp = lab_dir / f".{SNAPSHOT}.{os.getpid()}"
+    write_private(tmp, state.to_json())
+    os.replace(tmp, lab_dir / SNAPSHOT)
+
+
+def describe_all(actions: list[Action]) -> list[str]:
+    return [a.describe() for a in actions]
+
+
+class Executor:
+    """Runs actions against one lab (the `Lab` of the desired state: its topology, gateway
+    directories, data plane). Within one phase, different gateways and namespaces proceed in
+    parallel; one gateway's or namespace's actions run in order."""
+
+    def __init__(self, lab, initiate_timeout: float = 5.0):
+        self.lab = lab
+        self.registry = Registry(lab.directory)
+        self.initiate_ms = int(initiate_timeout * 1000)
+
+    def run(self, actions: list[Action], state: LiveState) -> LiveState:
+        self._check_alive(actions, state)
+        for _phase, group in groupby(actions, key=lambda a: a.phase):
+            batch = list(group)
+            ahead = replay(state, [a for a in batch if a.removes or (isinstance(a, SetRate) and not a.mbps)])
+            if ahead != state:
+                write_snapshot(self.lab.directory, ahead)
+            done: list[Action] = []
+            try:
+                self._run_batch(batch, done)
+            finally:
+                for a in done:
+                    state = a.after(state)
+                write_snapshot(self.lab.directory, state)
+        return state
+
+    def _check_alive(self, actions: list[Action], state: LiveState) -> None:
+        """Every daemon an action will talk to answers before anything changes (GatewayDown, exit 3)."""
+        starting = {a.gateway for a in actions if isinstance(a, StartDaemon)}
+        stopping = {a.gateway for a in actions if isinstance(a, StopDaemon)}
+        talked_to = {a.gateway for a in actions if isinstance(a, (Terminate, Unload, Load, Initiate))}
+        for name in sorted(talked_to - starting - stopping):
+            gateways.check_alive(self._dir(name))
+
+    def _dir(self, name: str) -> Path:
+        return self.lab.gw_dir(self.lab.topology.gateway(name))
+
+    def _run_batch(self, batch: list[Action], done: list[Action]) -> None:
+        lanes: dict[str, list[Action]] = {}
+        for a in batch:
+            lanes.setdefault(_lane(a), []).append(a)
+
+        def run_lane(lane: list[Action]) -> None:
+            if isinstance(lane[0], (AddRoute, DelRoute, SetRate)):
+                with ops.Namespace(_lane(lane[0])) as n:
+                    for a in lane:
+                        self._step(a, lambda a=a: _netlink(n, a))
+                        done.append(a)
+            else:
+                for a in lane:
+                    self._step(a, lambda a=a: self._gateway_action(a))
+                    done.append(a)
+
+        if len(lanes) == 1:
+            run_lane(next(iter(lanes.values())))
+            return
+        with ThreadPoolExecutor(max_workers=min(16, len(lanes))) as pool:
+            for future in [pool.submit(run_lane, lane) for lane in lanes.values()]:
+                future.result()
+
+    def _step(self, a: Action, run: Callable[[], None]) -> None:
+        try:
+            run()
+        except BaseException as exc:
+            self._journal(a, f"failed: {exc}")
+            raise
+        self._journal(a, "done")
+
+    def _journal(self, a: Action, outcome: str) -> None:
+        line = json.dumps({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                           "action": a.describe(), "outcome": outcome}) + "\n"
+        fd = os.open(self.lab.directory / ACTIONS_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def _gateway_action(self, a: Action) -> None:
+        gw = self.lab.topology.gateway(a.gateway)
+        directory = self.lab.gw_dir(gw)
+        if isinstance(a, StopDaemon):
+            self.registry.stop(f"charon {gw.name}")
+        elif isinstance(a, WriteConfig):
+            write_rendered([render_gateway(gw, directory, self.lab.dataplane, keylog=True)])
+        elif isinstance(a, StartDaemon):
+            proc = gateways.start_charon(gw.netns, directory, self.lab.directory)
+            self.registry.adopt_process(proc.pid, f"charon {gw.name}")
+            gateways.wait_ready(directory, proc, time.monotonic() + 10)
+        elif isinstance(a, Terminate):
+            gateways.terminate(directory, a.conn)
+        elif isinstance(a, Unload):
+            gateways.unload(directory, a.conn)
+        elif isinstance(a, Load):
+            config = read_gateway_config(directory)
+            names = {c for c, _ in a.conns}
+            gateways.load(directory, replace(config, connections={
+                n: c for n, c in config.connections.items() if n in names}))
+        elif isinstance(a, Initiate):
+            end = next(t for t in gw.tunnels if t.conn_id == a.conn)
+            children = [c[0] for c in end.children]
+            if a.wait:
+                gateways.initiate(directory, a.conn, children, self.initiate_ms)
+            else:
+                gateways.initiate_in_background(directory, a.conn, children)
+
+
+def _lane(a: Action) -> str:
+    """Actions on one lane run in order; lanes run in parallel."""
+    if isinstance(a, (AddRoute, DelRoute)):
+        return a.route.ns
+    if isinstance(a, SetRate):
+        return a.ns
+    return a.gateway
+
+
+def _netlink(n: ops.Namespace, a: Action) -> None:
+    if isinstance(a, AddRoute):
+        n.add_route(a.route.dst, a.route.via, a.route.prohibit)
+    elif isinstance(a, DelRoute):
+        n.del_route(a.route.dst, a.route.via, a.route.prohibit)
+    elif isinstance(a, SetRate):
+        if a.mbps:
+            n.limit_rate("bb", a.mbps)
+        else:
+            n.clear_rate("bb")

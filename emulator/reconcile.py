@@ -1,0 +1,280 @@
+"""Desired state → the ordered actions that take a running lab there. Pure: no root, no files.
+
+The *live state* of a lab is what can change while it runs: each namespace's routes, each
+gateway's bandwidth cap, and per gateway whether its daemon runs, which connections it holds
+loaded (one digest per connection: addresses, selectors, proposals, key) and its secrets.
+`up` applies the desired state to nothing; `set-key`, `update-site`, `connect`/`disconnect`,
+the supervisor that restarts a dead daemon and `reset-gateway` change the desired state (or
+forget part of what runs) and apply the difference. executor.py runs the actions and records,
+after each one, the state it leaves: the snapshot is always what runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Network
+from typing import ClassVar, Mapping
+
+from .topology import Route, Topology, TunnelEnd
+
+
+@dataclass(frozen=True)
+class GatewayState:
+    conns: Mapping[str, str] = field(default_factory=dict)  # loaded connection -> digest of its settings
+    secrets: str = ""  # digest of the keys loaded
+
+
+@dataclass(frozen=True)
+class LiveState:
+    routes: frozenset[Route] = frozenset()
+    rates: Mapping[str, int] = field(default_factory=dict)  # namespace -> cap (Mbit/s) on its backbone link
+    gateways: Mapping[str, GatewayState] = field(default_factory=dict)  # gateways whose daemon runs
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "routes": sorted([r.ns, str(r.dst), str(r.via) if r.via else None, r.prohibit] for r in self.routes),
+            "rates": dict(sorted(self.rates.items())),
+            "gateways": {n: {"conns": dict(sorted(g.conns.items())), "secrets": g.secrets}
+                         for n, g in sorted(self.gateways.items())}}, indent=1)
+
+    @staticmethod
+    def from_json(text: str) -> "LiveState":
+        data = json.loads(text)
+        return LiveState(
+            frozenset(Route(ns, IPv4Network(dst), IPv4Address(via) if via else None, prohibit)
+                      for ns, dst, via, prohibit in data["routes"]),
+            data["rates"],
+            {n: GatewayState(g["conns"], g["secrets"]) for n, g in data["gateways"].items()})
+
+    def without_gateway(self, name: str) -> "LiveState":
+        """What runs once a gateway's daemon is gone: it holds nothing any more."""
+        return replace(self, gateways={n: g for n, g in self.gateways.items() if n != name})
+
+    def with_routes_of(self, ns: str, routes: frozenset[Route]) -> "LiveState":
+        """The same, with one namespace's routes as the kernel really holds them (a link that went
+        down takes its routes with it)."""
+        return replace(self, routes=frozenset(r for r in self.routes if r.ns != ns) | routes)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def tunnel_digest(t: TunnelEnd) -> str:
+    """Changes whenever anything the daemon was loaded with for this connection changes."""
+    key = t.shared_key.reveal() if t.shared_key else ""
+    return _digest(repr((t.local_ip, t.remote_ip, t.local_ts, t.remote_ts, t.ike_version, t.ipsec, t.initiator, key)))
+
+
+def desired_state(topo: Topology, disconnected: frozenset[str], sku_limit: bool,
+                  lifted: frozenset[str] = frozenset()) -> LiveState:
+    """What should run. `disconnected` holds 'GATEWAY/SITE' refs; `lifted` namespaces whose cap
+    a throughput measurement has lifted for a while."""
+    gws = {}
+    for gw in topo.gateways:
+        loaded = [t for t in gw.tunnels if f"{gw.name}/{t.local_site}" not in disconnected]
+        keys = sorted(t.shared_key.reveal() for t in gw.tunnels if t.shared_key)
+        gws[gw.name] = GatewayState({t.conn_id: tunnel_digest(t) for t in loaded}, _digest(repr(keys)))
+    rates = {gw.netns: gw.sku.mbps for gw in topo.gateways
+             if sku_limit and gw.sku is not None and gw.netns not in lifted}
+    return LiveState(frozenset(topo.routes), rates, gws)
+
+
+# -- actions ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Action:
+    phase: ClassVar[int]
+    removes: ClassVar[bool] = False  # takes something away: the snapshot records it before it runs
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def after(self, state: LiveState) -> LiveState:
+        """The live state once this action has run."""
+        return state
+
+
+@dataclass(frozen=True)
+class StopDaemon(Action):
+    removes: ClassVar[bool] = True
+    gateway: str
+    phase: ClassVar[int] = 0
+
+    def describe(self) -> str:
+        return f"stop the daemon of {self.gateway}"
+
+    def after(self, state: LiveState) -> LiveState:
+        return state.without_gateway(self.gateway)
+
+
+@dataclass(frozen=True)
+class DelRoute(Action):
+    removes: ClassVar[bool] = True
+    route: Route
+    phase: ClassVar[int] = 1
+
+    def describe(self) -> str:
+        return f"{self.route.ns}: delete route {_route_text(self.route)}"
+
+    def after(self, state: LiveState) -> LiveState:
+        return replace(state, routes=state.routes - {self.route})
+
+
+@dataclass(frozen=True)
+class AddRoute(Action):
+    route: Route
+    phase: ClassVar[int] = 2
+
+    def describe(self) -> str:
+        return f"{self.route.ns}: add route {_route_text(self.route)}"
+
+    def after(self, state: LiveState) -> LiveState:
+        return replace(state, routes=state.routes | {self.route})
+
+
+@dataclass(frozen=True)
+class SetRate(Action):
+    ns: str
+    mbps: int | None  # None: no cap
+    phase: ClassVar[int] = 3
+
+    def describe(self) -> str:
+        return f"{self.ns}: " + (f"cap the backbone link at {self.mbps} Mbit/s" if self.mbps else "lift the backbone cap")
+
+    def after(self, state: LiveState) -> LiveState:
+        rates = {ns: r for ns, r in state.rates.items() if ns != self.ns}
+        return replace(state, rates=rates | ({self.ns: self.mbps} if self.mbps else {}))
+
+
+@dataclass(frozen=True)
+class WriteConfig(Action):
+    gateway: str
+    phase: ClassVar[int] = 4
+
+    def describe(self) -> str:
+        return f"{self.gateway}: render its strongswan.conf, swanctl.conf, secrets.conf"
+
+
+@dataclass(frozen=True)
+class StartDaemon(Action):
+    gateway: str
+    phase: ClassVar[int] = 5
+
+    def describe(self) -> str:
+        return f"start the daemon of {self.gateway}"
+
+    def after(self, state: LiveState) -> LiveState:
+        return replace(state, gateways={**state.gateways, self.gateway: GatewayState()})
+
+
+@dataclass(frozen=True)
+class Terminate(Action):
+    gateway: str
+    conn: str
+    phase: ClassVar[int] = 6
+
+    def describe(self) -> str:
+        return f"{self.gateway}: close the SAs of {self.conn}"
+
+
+@dataclass(frozen=True)
+class Unload(Action):
+    removes: ClassVar[bool] = True
+    gateway: str
+    conn: str
+    phase: ClassVar[int] = 7
+
+    def describe(self) -> str:
+        return f"{self.gateway}: unload connection {self.conn}"
+
+    def after(self, state: LiveState) -> LiveState:
+        g = state.gateways[self.gateway]
+        conns = {c: d for c, d in g.conns.items() if c != self.conn}
+        return replace(state, gateways={**state.gateways, self.gateway: replace(g, conns=conns)})
+
+
+@dataclass(frozen=True)
+class Load(Action):
+    """Load the gateway's keys and these connections (with the digests they are loaded at)."""
+
+    gateway: str
+    conns: tuple[tuple[str, str], ...]
+    secrets: str
+    phase: ClassVar[int] = 8
+
+    def describe(self) -> str:
+        names = ", ".join(c for c, _ in self.conns) or "no connection"
+        return f"{self.gateway}: load its keys and {names}"
+
+    def after(self, state: LiveState) -> LiveState:
+        g = state.gateways[self.gateway]
+        return replace(state, gateways={**state.gateways, self.gateway: GatewayState(
+            {**g.conns, **dict(self.conns)}, self.secrets)})
+
+
+@dataclass(frozen=True)
+class Initiate(Action):
+    gateway: str
+    conn: str
+    wait: bool  # False for a peer outside the lab: tried in the background, as a real gateway keeps trying
+    phase: ClassVar[int] = 9
+
+    def describe(self) -> str:
+        return f"{self.gateway}: initiate {self.conn}" + ("" if self.wait else " (in the background)")
+
+
+def _route_text(r: Route) -> str:
+    return f"{r.dst} prohibit" if r.prohibit else f"{r.dst} via {r.via}"
+
+
+# -- the difference ---------------------------------------------------------------------------
+
+def diff(applied: LiveState, desired: LiveState, topo: Topology) -> list[Action]:
+    """The actions, in execution order (by phase; within a phase, by gateway or namespace), that
+    turn `applied` into `desired`. Applying every action's `after` to `applied` gives `desired`."""
+    actions: list[Action] = []
+    for gw in applied.gateways.keys() - desired.gateways.keys():
+        actions.append(StopDaemon(gw))
+    actions += [DelRoute(r) for r in applied.routes - desired.routes]
+    actions += [AddRoute(r) for r in desired.routes - applied.routes]
+    for ns in sorted(applied.rates.keys() | desired.rates.keys()):
+        if applied.rates.get(ns) != desired.rates.get(ns):
+            actions.append(SetRate(ns, desired.rates.get(ns)))
+    new_daemons = desired.gateways.keys() - applied.gateways.keys()
+    for gw in topo.gateways:
+        want = desired.gateways.get(gw.name)
+        if want is None:
+            continue
+        have = applied.gateways.get(gw.name, GatewayState())
+        changed = [c for c, d in want.conns.items() if have.conns.get(c) != d]
+        gone = [c for c in have.conns if c not in want.conns]
+        if changed or gone or have.secrets != want.secrets or gw.name in new_daemons:
+            actions.append(WriteConfig(gw.name))
+        if gw.name in new_daemons:
+            actions.append(StartDaemon(gw.name))
+        for conn in gone:
+            actions += [Terminate(gw.name, conn), Unload(gw.name, conn)]
+        for conn in changed:
+            if conn in have.conns:  # its SAs were made with the old settings
+                actions.append(Terminate(gw.name, conn))
+        if changed or have.secrets != want.secrets:
+            actions.append(Load(gw.name, tuple((c, want.conns[c]) for c in changed), want.secrets))
+        by_conn = {t.conn_id: t for t in gw.tunnels}
+        for conn in changed:
+            t = by_conn[conn]
+            peer = topo.peer_gateway(t)
+            # At `up` both ends start together and only the initiator end initiates (two daemons
+            # initiating at once race). Otherwise the other end holds stale SAs: initiate from here.
+            both_new = peer is not None and peer.name in new_daemons and gw.name in new_daemons
+            if t.shared_key is not None and (t.initiator or not both_new):
+                actions.append(Initiate(gw.name, conn, wait=t.peer_in_lab))
+    return sorted(actions, key=lambda a: a.phase)
+
+
+def replay(state: LiveState, actions: list[Action]) -> LiveState:
+    for a in actions:
+        state = a.after(state)
+    return state
