@@ -257,8 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("vnetlab: interrupted", file=sys.stderr)
+        return 130
     try:
         return int(HANDLERS[args.command](args))
     except PlanError as exc:

@@ -54,8 +54,10 @@ class Executor:
     directories, data plane). Within one phase, different gateways and namespaces proceed in
     parallel; one gateway's or namespace's actions run in order."""
 
-    def __init__(self, lab, initiate_timeout: float = 5.0):
+    def __init__(self, lab, initiate_timeout: float = 5.0, checkpoint: Callable[[], None] | None = None):
+        """checkpoint: called between phases (up checks for an interrupt there)."""
         self.lab = lab
+        self.checkpoint = checkpoint
         self.registry = Registry(lab.directory)
         self.initiate_ms = int(initiate_timeout * 1000)
 
@@ -73,6 +75,8 @@ class Executor:
                 for a in done:
                     state = a.after(state)
                 write_snapshot(self.lab.directory, state)
+            if self.checkpoint is not None:
+                self.checkpoint()
         return state
 
     def _check_alive(self, actions: list[Action], state: LiveState) -> None:

@@ -248,10 +248,11 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
     state_base().mkdir(mode=0o700, parents=True, exist_ok=True)
     directory.mkdir(mode=0o700)
     registry = Registry(directory)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    interrupts = _Interrupts()
     try:
         write_private(directory / PLAN_COPY, text)
         _build_network(topo, registry)
+        interrupts.check()
         chosen = choose_dataplane(dataplane, topo.backbone)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         (directory / LAB_META).write_text(json.dumps({"name": plan.name, "dataplane": chosen, "created": created,
@@ -261,30 +262,66 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
         start_ike_recorder(directory, topo.backbone, registry)
         # up is apply(desired, nothing); the event monitor must listen before the first initiate
         actions = diff(LiveState(), desired(lab), topo)
-        executor = Executor(lab, initiate_timeout=timeout)
+        executor = Executor(lab, initiate_timeout=timeout, checkpoint=interrupts.check)
         state = executor.run([a for a in actions if a.phase < Initiate.phase], LiveState())
         _start_monitor(lab, registry)
         executor.run([a for a in actions if a.phase >= Initiate.phase], state)
+        interrupts.check()  # an interrupt Python swallowed still undoes the lab
         set_current(plan.name)
     except BaseException:
         if not keep_on_error and os.getpid() == _MAIN_PID:
+            # a second Ctrl-C must not cut the teardown short: it would leave half a lab
+            interrupts.ignore()
             remove(registry)
             _remove_base_if_empty()
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        interrupts.close()
     return UpResult(lab, warnings, time.monotonic() - started)
 
 
 _MAIN_PID = os.getpid()
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    """SIGTERM during `up` unwinds like Ctrl-C, so what was built is removed. Only in this process:
-    a forked helper (pyroute2 forks one per namespace socket) must just die, never run teardown."""
-    if os.getpid() != _MAIN_PID:
-        os._exit(0)
-    raise KeyboardInterrupt
+class _Interrupts:
+    """Ctrl-C and SIGTERM during `up`: each raises KeyboardInterrupt, so what was built is removed,
+    and is also remembered. Python drops an exception raised inside a weakref or import-lock
+    callback ("Exception ignored in ..."): `up` checks the memory between steps and before it
+    reports success, so a swallowed interrupt still ends in a complete teardown, never in a lab
+    built although the user asked to stop. A forked helper (pyroute2 forks some) just dies."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
+        self.hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if os.getpid() != _MAIN_PID:
+            os._exit(0)
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def _unraisable(self, info) -> None:
+        if not isinstance(info.exc_value, KeyboardInterrupt):  # remembered in self.seen
+            self.hook(info)
+
+    def check(self) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
+
+    def ignore(self) -> None:
+        """From the teardown on, further signals are ignored until the command exits."""
+        self.previous = {sig: signal.SIG_IGN for sig in self.SIGNALS}
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+    def close(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        sys.unraisablehook = self.hook
 
 
 def _build_network(topo: Topology, registry: Registry) -> None:

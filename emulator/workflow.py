@@ -161,7 +161,9 @@ def reset_gateway(name: str | None, vnet: str, dry_run: bool = False) -> tuple[A
                       else "."))
         for t in gw.tunnels:
             record_event(lab.directory, {"gateway": gw.name, "local_site": t.conn_id, "id": EVENT_RESET,
-                                         "cause": "reset", "message": message})
+                                         "cause": "reset", "message": message,
+                                         "to": "Connected" if sas.get(t.conn_id) and sas[t.conn_id].child_installed
+                                         else "NotConnected"})
         return Applied(lab, actions, False, [message]), {
             "TunnelsBackSeconds": round(tunnels_back, 2) if back else None,
             "OutageSeconds": round(outage, 2) if outage is not None else None}

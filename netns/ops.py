@@ -60,15 +60,25 @@ class Namespace:
     """An open netlink socket inside one namespace; use as a context manager."""
 
     def __init__(self, name: str):
+        """Ctrl-C and SIGTERM wait while the socket is open (a few milliseconds): pyroute2 runs each
+        request as an asyncio task, and one cut in the middle is left pending and reported on stderr."""
         self.name = name
-        with signals_held():
+        self._held = signals_held()
+        self._held.__enter__()
+        try:
             self.ipr = IPRoute(netns=name, flags=0)
+        except BaseException:
+            self._held.__exit__(None, None, None)
+            raise
 
     def __enter__(self) -> "Namespace":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.ipr.close()
+        try:
+            self.ipr.close()
+        finally:
+            self._held.__exit__(None, None, None)
 
     def index(self, ifname: str) -> int:
         found = self.ipr.link_lookup(ifname=ifname)

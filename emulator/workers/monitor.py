@@ -50,12 +50,15 @@ class Recorder:
         record_event(self.lab_dir, {"gateway": gateway, "local_site": conn, "id": event_id, **fields,
                                     "message": message})
 
-    def transition(self, gateway: str, conn: str, new: str, cause: str, **fields) -> None:
+    def transition(self, gateway: str, conn: str, new: str, cause: str, quiet: bool = False, **fields) -> None:
+        """quiet: only take note (a restart's own event has said it already)."""
         with _lock:
             old = self.state.get((gateway, conn), "NotConnected")
             if old == new:
                 return
             self.state[(gateway, conn)] = new
+            if quiet:
+                return
             self.write(gateway, conn, EVENT_STATE_CHANGE, f"The connectivity state for the local network site "
                        f"'{conn}' changed from {_words(old)} to {_words(new)}.", to=new, cause=cause, **fields)
 
@@ -84,7 +87,7 @@ def listen(gateway: str, directory: Path, recorder: Recorder, ready: threading.B
                         ready.wait()
                     if not synced:  # registered now: catch up with what came up before
                         synced = True
-                        _sync(gateway, directory, recorder)
+                        _sync(gateway, directory, recorder, quiet=bool(restarts))
                     if kind is not None:
                         _record(gateway, _text(kind), msg, recorder)
         except (ConnectionError, OSError, ValueError):
@@ -100,12 +103,13 @@ def listen(gateway: str, directory: Path, recorder: Recorder, ready: threading.B
         _restart(gateway, directory, recorder)
 
 
-def _sync(gateway: str, directory: Path, recorder: Recorder) -> None:
-    """A (re)started listener catches up with SAs that came up before it listened."""
+def _sync(gateway: str, directory: Path, recorder: Recorder, quiet: bool) -> None:
+    """A (re)started listener catches up with SAs that came up before it listened; after a restart
+    quietly, since the restart's event (23402 or reset-gateway's) says how the tunnels came back."""
     try:
         for conn, sa in gateways.list_sas(directory).items():
             if sa.child_installed:
-                recorder.transition(gateway, conn, "Connected", "listener started")
+                recorder.transition(gateway, conn, "Connected", "listener started", quiet=quiet)
     except (ConnectionError, OSError):
         pass
 
@@ -153,8 +157,13 @@ def _restart(gateway: str, directory: Path, recorder: Recorder) -> None:
     message = (f"The gateway daemon of {gateway} stopped and was restarted by its supervisor; its tunnels were "
                f"initiated again {seconds:.1f} s later." if failure is None else
                f"The gateway daemon of {gateway} stopped; restarting it failed: {failure}")
+    try:
+        installed = {c for c, sa in gateways.list_sas(directory).items() if sa.child_installed}
+    except (ConnectionError, OSError):
+        installed = set()
     for conn in _conns(directory.parent.name, gateway):
-        recorder.write(gateway, conn, EVENT_RESTART, message, to="NotConnected", cause="restart")
+        recorder.write(gateway, conn, EVENT_RESTART, message, cause="restart",
+                       to="Connected" if conn in installed else "NotConnected")
 
 
 def _conns(lab_name: str, gateway: str) -> list[str]:

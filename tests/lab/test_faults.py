@@ -61,7 +61,7 @@ def test_disconnect_and_connect_twice_are_idempotent(lab):
 def test_concurrent_set_key_loses_no_update(lab):
     assert lab.cli("up", "--name", "t-conc").returncode == 0
     ends = [("TestVNet1", "VNet4Local"), ("TestVNet4", "VNet1Local")]
-    for round_ in range(20):
+    for round_ in range(100):
         key = f"Round{round_}x"
         procs = [subprocess.Popen([str(VNETLAB), "set-key", "--name", "t-conc", "--vnet", v, "--site", s, "--key", key],
                                   env=lab.env, cwd=lab.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
