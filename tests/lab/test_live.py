@@ -190,14 +190,14 @@ def test_interrupted_up_leaves_a_whole_lab_or_nothing(lab, tmp_path):
         _out, err = proc.communicate(timeout=60)
         assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
         left = sorted(p.name for p in Path("/run/netns").iterdir() if p.name.startswith(name + "."))
-        if proc.returncode == 0:  # finished before the interrupt: the whole lab
+        assert proc.returncode in (0, 130), (proc.returncode, err[-500:])
+        if left or proc.returncode == 0:  # finished before the interrupt took effect: the whole lab
             nodes = json.loads(lab.cli("nodes", "--name", name, "--json").stdout)["nodes"]
-            assert left == sorted({n["netns"] for n in nodes})
-            assert all(c["connectivity_state"] == "Connected" for c in lab.status(name).values())
+            assert left == sorted({n["netns"] for n in nodes}), attempt
+            assert all(c["connectivity_state"] == "Connected" for c in lab.status(name).values()), attempt
             outcomes["complete"] += 1
         else:
-            assert proc.returncode == 130, (proc.returncode, err[-500:])
-            assert not left and not (lab.state / name).exists(), (attempt, left)
+            assert not (lab.state / name).exists(), attempt
             outcomes["nothing"] += 1
         down = lab.cli("down", "--all")
         assert down.returncode == 0
