@@ -195,13 +195,46 @@ def build_parser() -> argparse.ArgumentParser:
     vnet_site(p, site=False)
     dry_run(p)
 
+    p = cmd("link", "take a gateway's backbone link down, or bring it back (a link failure on demand)",
+            "Set the backbone link of VNET's gateway, or of SITE's on-premises VPN device, down or up. Down: "
+            "the kernel drops the routes through it, the tunnels stop carrying traffic, and 'status' says "
+            "NotConnected with the link named; the peer notices by its dead-peer detection. Up: the routes "
+            "are put back and the tunnels carry traffic again. 'down' of the lab removes it all either way.")
+    _name_arg(p)
+    p.add_argument("state", choices=["down", "up"])
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--vnet", metavar="VNET", help="the VNet's gateway")
+    which.add_argument("--site", metavar="SITE", help="an on-premises site's VPN device")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    dry_run(p)
+
+    p = cmd("impair", "impair a gateway's backbone path: MTU, loss, delay, a firewall's drops",
+            "Set the conditions of the backbone link of VNET's gateway (or SITE's on-premises VPN device) while "
+            "the lab runs, as the plan's 'backbone:' section does at 'up': the MTU, random loss (percent, each "
+            "direction), delay and jitter (they need the kernel's netem: refused with exit 3 where it is "
+            "missing), and what a firewall on the path drops: ike (UDP 500), natt (UDP 4500), esp (IP protocol "
+            "50). Given fields replace the current ones; --clear makes the link clean. 'status' and 'gateway' "
+            "show the conditions; 'down' removes them with the lab.")
+    _name_arg(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--vnet", metavar="VNET", help="the VNet's gateway")
+    which.add_argument("--site", metavar="SITE", help="an on-premises site's VPN device")
+    p.add_argument("--mtu", type=int, metavar="N", help="the link's MTU, 576-9000")
+    p.add_argument("--loss", type=float, metavar="P", help="percent of packets dropped, each direction, 0-100")
+    p.add_argument("--delay", type=int, metavar="MS", help="added delay in milliseconds (needs netem)")
+    p.add_argument("--jitter", type=int, metavar="MS", help="variation of the delay (needs netem)")
+    p.add_argument("--block", metavar="ike,natt,esp", help="what a firewall on the path drops; '' for nothing")
+    p.add_argument("--clear", action="store_true", help="remove every condition: a clean link")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    dry_run(p)
+
     p = cmd("demo", "narrated, scripted demonstrations on their own lab",
             "psk-mismatch: keys alike -> Connected and probes pass; one side re-keyed -> NotConnected, the "
             "cause named, probes fail, nothing in clear; key restored -> Connected again. walkthrough: the "
             "classic article step by step, from the dummy 5.4.3.2 to verified tunnels. Exit 0 only when every "
             "observation matched its expectation. The demo removes its lab at the end.")
     p.add_argument("scenario", choices=["psk-mismatch", "walkthrough"])
-    p.add_argument("--ike", type=int, choices=[1, 2], default=2, help="IKE version (psk-mismatch; default 2)")
+    p.add_argument("--ike", type=int, choices=[1, 2], default=2, help="IKE version of every connection (default 2); the demo checks that this version ran")
     p.add_argument("--name", metavar="LAB", help="name of the demo's lab (default: demo-<scenario>)")
 
     p = cmd("verify", "prove with packets that the lab does what the plan says",
@@ -408,6 +441,8 @@ HANDLERS = {
     "disconnect": _lab_command("disconnect"),
     "connect": _lab_command("connect"),
     "reset-gateway": _lab_command("reset_gateway"),
+    "link": _lab_command("link"),
+    "impair": _lab_command("impair"),
     "demo": _lab_command("demo"),
     "capture": _lab_command("capture"),
     "trace": _lab_command("trace"),

@@ -14,14 +14,20 @@ from .status import ConnectionStatus, collect, expected_up
 
 
 def print_status(lab: labmod.Lab, rows: list[ConnectionStatus], as_json: bool, verbose: bool = False) -> None:
+    paths = {g.name: g.path.describe() for g in lab.topology.gateways if g.path.describe() != "clean"}
+    down = sorted(lab.links_down())
     if as_json:
         print_json({"lab": lab.name, "dataplane": lab.dataplane, "created": lab.created,
-                    "connections": [r.as_dict() for r in rows]})
+                    "backbone_paths": paths, "links_down": down, "connections": [r.as_dict() for r in rows]})
         return
     print(f"lab '{lab.name}' · data plane: {lab.dataplane} · state: {lab.directory}")
     print(table(["gateway", "local site", "state", "IKE", "in bytes", "out bytes", "established", "reason"],
                 [[*_ends(lab, r), r.connectivity_state, f"v{r.ike_version}", r.ingress_bytes,
                   r.egress_bytes, r.last_connection_established or "-", r.reason] for r in rows]))
+    for gateway, what in paths.items():
+        print(f"backbone path of {gateway}: {what}")
+    for gateway in down:
+        print(f"backbone link of {gateway}: down")
     if verbose:
         for r in rows:
             for line in r.evidence:
@@ -271,6 +277,26 @@ def connect(args: argparse.Namespace) -> int:
     from .workflow import set_connected
 
     return _changed(set_connected(args.name, args.vnet, args.site, True, args.dry_run), args)
+
+
+def link(args: argparse.Namespace) -> int:
+    from .workflow import set_link
+
+    return _changed(set_link(args.name, args.vnet, args.site, args.state == "up", args.dry_run), args)
+
+
+def impair(args: argparse.Namespace) -> int:
+    from .workflow import impair as run
+
+    fields = {k: v for k, v in (("mtu", args.mtu), ("loss", args.loss), ("delay_ms", args.delay),
+                                ("jitter_ms", args.jitter)) if v is not None}
+    if args.block is not None:
+        fields["block"] = [b.strip() for b in args.block.split(",") if b.strip()]
+    if args.clear and fields:
+        raise UsageError("--clear makes the link clean: give it alone, or give the conditions to set")
+    if not args.clear and not fields:
+        raise UsageError("give at least one of --mtu, --loss, --delay, --block, or --clear")
+    return _changed(run(args.name, args.vnet, args.site, fields, args.clear, args.dry_run), args)
 
 
 def reset_gateway(args: argparse.Namespace) -> int:

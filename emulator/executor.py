@@ -22,9 +22,9 @@ from typing import Callable
 from netns import ops
 from netns.registry import Registry
 
-from . import gateways
-from .reconcile import (Action, AddRoute, DelRoute, Initiate, LiveState, Load, SetRate, StartDaemon, StopDaemon,
-                        Terminate, Unload, WriteConfig, replay)
+from . import gateways, impair
+from .reconcile import (Action, AddRoute, DelRoute, Initiate, LiveState, Load, SetLink, SetPath, SetRate, StartDaemon,
+                        StopDaemon, Terminate, Unload, WriteConfig)
 from .render import render_gateway, write_private, write_rendered
 from .swanconf import read_gateway_config
 
@@ -65,7 +65,9 @@ class Executor:
         self._check_alive(actions, state)
         for _phase, group in groupby(actions, key=lambda a: a.phase):
             batch = list(group)
-            ahead = replay(state, [a for a in batch if a.removes or (isinstance(a, SetRate) and not a.mbps)])
+            ahead = state
+            for a in batch:
+                ahead = a.ahead(ahead)
             if ahead != state:
                 write_snapshot(self.lab.directory, ahead)
             done: list[Action] = []
@@ -80,7 +82,11 @@ class Executor:
         return state
 
     def _check_alive(self, actions: list[Action], state: LiveState) -> None:
-        """Every daemon an action will talk to answers before anything changes (GatewayDown, exit 3)."""
+        """Every daemon an action will talk to answers, and the kernel can do every path condition
+        asked for, before anything changes (exit 3)."""
+        for a in actions:
+            if isinstance(a, SetPath):
+                impair.require_support(a.conditions)
         starting = {a.gateway for a in actions if isinstance(a, StartDaemon)}
         stopping = {a.gateway for a in actions if isinstance(a, StopDaemon)}
         talked_to = {a.gateway for a in actions if isinstance(a, (Terminate, Unload, Load, Initiate))}
@@ -96,7 +102,7 @@ class Executor:
             lanes.setdefault(_lane(a), []).append(a)
 
         def run_lane(lane: list[Action]) -> None:
-            if isinstance(lane[0], (AddRoute, DelRoute, SetRate)):
+            if isinstance(lane[0], (AddRoute, DelRoute, SetRate, SetLink, SetPath)):
                 with ops.Namespace(_lane(lane[0])) as n:
                     for a in lane:
                         self._step(a, lambda a=a: _netlink(n, a))
@@ -163,7 +169,7 @@ def _lane(a: Action) -> str:
     """Actions on one lane run in order; lanes run in parallel."""
     if isinstance(a, (AddRoute, DelRoute)):
         return a.route.ns
-    if isinstance(a, SetRate):
+    if isinstance(a, (SetRate, SetLink, SetPath)):
         return a.ns
     return a.gateway
 
@@ -173,6 +179,10 @@ def _netlink(n: ops.Namespace, a: Action) -> None:
         n.add_route(a.route.dst, a.route.via, a.route.prohibit)
     elif isinstance(a, DelRoute):
         n.del_route(a.route.dst, a.route.via, a.route.prohibit)
+    elif isinstance(a, SetLink):
+        n.set_state("bb", a.up)
+    elif isinstance(a, SetPath):
+        impair.apply(n, a.conditions)
     elif isinstance(a, SetRate):
         if a.mbps:
             n.limit_rate("bb", a.mbps)

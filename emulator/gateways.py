@@ -25,6 +25,7 @@ from .problems import EnvironmentProblem
 from .swanconf import ViciConfig
 
 CHARON = Path("/usr/lib/ipsec/charon")
+CLOSED_STATES = {"DELETING", "DELETED", "DESTROYING"}  # CHILD_SA states whose bytes its closing line holds
 _SPAWN = ('mount --bind "$1" /tmp && mount -t tmpfs -o mode=0755 vnetlab-run /run && mkdir -p "$1" '
           '&& mount --bind /tmp "$1" && exec "$2"')
 
@@ -203,6 +204,7 @@ def list_sas(directory: Path) -> dict[str, SaState]:
                 conn = _text(name)
                 children = list(ike.get("child-sas", {}).values())
                 installed = [c for c in children if _text(c.get("state", "")) == "INSTALLED"]
+                live = [c for c in children if _text(c.get("state", "")) not in CLOSED_STATES]
                 names = {_text(c.get("name", "")) for c in installed}
                 spi = _text(ike.get("responder-spi", "0"))
                 state = SaState(
@@ -210,8 +212,10 @@ def list_sas(directory: Path) -> dict[str, SaState]:
                     child_installed=bool(installed),
                     installed_children=frozenset(names),
                     peer_answered=spi.strip("0") != "",
-                    bytes_in=sum(int(_text(c.get("bytes-in", "0"))) for c in installed),
-                    bytes_out=sum(int(_text(c.get("bytes-out", "0"))) for c in installed),
+                    # every SA still carrying traffic: a rekeyed one (IKEv1 keeps using it until it
+                    # expires) counts until it closes, and is then counted from its closing line
+                    bytes_in=sum(int(_text(c.get("bytes-in", "0"))) for c in live),
+                    bytes_out=sum(int(_text(c.get("bytes-out", "0"))) for c in live),
                     established_seconds_ago=int(_text(ike["established"])) if "established" in ike else None,
                     ike_version=int(_text(ike.get("version", "0"))) or None,
                     encryption=(f"{_text(installed[0].get('encr-alg'))}-{_text(installed[0].get('encr-keysize'))}"

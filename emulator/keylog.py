@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 KEY_PIPE = "keys.pipe"  # per gateway: the FIFO charon logs into
 KEYS_FILE = "keys.jsonl"  # per gateway, mode 0600: what workers/keylog.py keeps
+CLOSED_FILE = "closed-sas.jsonl"  # per gateway: each CHILD_SA's final byte counts, when it closed
 
 # the lines that matter, after the "TT[GRP] <conn|uid> " prefix
 _PREFIX = re.compile(r"^(\d+)\[(\w+)\] (?:<(?:([^|>]*)\|)?(\d+)> )?(.*)$")
@@ -29,6 +30,10 @@ _PARSED = re.compile(r"^parsed (\S+) (request|response) ")
 _CHILD = re.compile(r"^CHILD_SA (.+)\{\d+\} state change: CREATED => INSTALLING$")
 _ADDING = re.compile(r"^(adding|registering) (inbound|outbound) ESP SA$")
 _SA_LINE = re.compile(r"^ +SPI 0x([0-9a-f]{8}), src (\S+) dst (\S+)$")
+# an SA closed by a DELETE carries its counts; one that expired (IKEv1's rekeyed SAs) does not: its
+# peer's line, matched by SPI, does (status.closed_bytes)
+_CLOSING = re.compile(r"^closing (?:expired )?CHILD_SA (.+)\{\d+\} with SPIs ([0-9a-f]{8})_i(?: \((\d+) bytes\))? "
+                      r"([0-9a-f]{8})_o(?: \((\d+) bytes\))?")
 
 # the key dumps kept, by their label in charon's log; every other dump is skipped unread
 IKE_KEYS = {"Sk_ei secret": "sk_ei", "Sk_er secret": "sk_er", "Sk_ai secret": "sk_ai", "Sk_ar secret": "sk_ar",
@@ -75,6 +80,22 @@ class EspKeys:
         return {"kind": self.kind, **asdict(self)}
 
 
+@dataclass(frozen=True)
+class ClosedSa:
+    """A CHILD_SA's final counters, logged by charon as it closes it (a rekey's old SA included):
+    what makes the byte counters of `status` cumulative. Not a secret."""
+
+    gateway: str
+    child: str
+    spi_in: str
+    bytes_in: int
+    spi_out: str
+    bytes_out: int
+
+    def to_json(self) -> dict:
+        return {"kind": "closed", **asdict(self)}
+
+
 @dataclass
 class _Ike:
     conn: str = ""
@@ -111,7 +132,7 @@ class KeyLogParser:
         self.threads: dict[str, _Thread] = {}
         self.esp_seen: set[tuple[str, str]] = set()
 
-    def feed(self, line: str) -> list[IkeKeys | EspKeys]:
+    def feed(self, line: str) -> list[IkeKeys | EspKeys | ClosedSa]:
         m = _PREFIX.match(line.rstrip("\n"))
         if not m:
             return []
@@ -140,7 +161,7 @@ class KeyLogParser:
             return []
         return self._line(th, conn, int(uid) if uid else None, text)
 
-    def _line(self, th: _Thread, conn: str | None, uid: int | None, text: str) -> list[IkeKeys | EspKeys]:
+    def _line(self, th: _Thread, conn: str | None, uid: int | None, text: str) -> list[IkeKeys | EspKeys | ClosedSa]:
         if (c := _CHECKIN.match(text)) is not None:
             number = int(c.group(3))
             ike = self.ikes.setdefault(number, _Ike())
@@ -174,6 +195,9 @@ class KeyLogParser:
         if th.pending and (s := _SA_LINE.match(text)) is not None:
             direction, th.pending = th.pending, ""
             return self._esp(th, direction, *s.groups())
+        if (c := _CLOSING.match(text)) is not None:
+            child, spi_in, bytes_in, spi_out, bytes_out = c.groups()
+            return [ClosedSa(self.gateway, child, spi_in, int(bytes_in or 0), spi_out, int(bytes_out or 0))]
         return []
 
     def _dumped(self, th: _Thread, name: str, value: str) -> None:
@@ -182,7 +206,7 @@ class KeyLogParser:
             return
         th.ike_keys[name] = value
 
-    def _ike_ready(self, uid: int) -> list[IkeKeys | EspKeys]:
+    def _ike_ready(self, uid: int) -> list[IkeKeys | EspKeys | ClosedSa]:
         ike = self.ikes[uid]
         aead = "GCM" in ike.proposal or "CCM" in ike.proposal
         needed = ("ka",) if ike.version == 1 else ("sk_ei", "sk_er") if aead else ("sk_ei", "sk_er", "sk_ai", "sk_ar")
@@ -195,7 +219,7 @@ class KeyLogParser:
         ike.emitted = (ike.spi_i, ike.spi_r, ike.conn)  # again once a responder's SA has its name
         return [record]
 
-    def _esp(self, th: _Thread, direction: str, spi: str, src: str, dst: str) -> list[IkeKeys | EspKeys]:
+    def _esp(self, th: _Thread, direction: str, spi: str, src: str, dst: str) -> list[IkeKeys | EspKeys | ClosedSa]:
         if (spi, dst) in self.esp_seen or "encr_i" not in th.child_keys:
             return []  # "adding outbound" after "registering outbound": the same SA, already written
         # the initiator of this exchange receives with the responder's keys, and sends with its own

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -29,7 +29,7 @@ from netns.registry import Registry, read_jsonl
 
 from . import gateways
 from .plan import LAB_RE, LAB_RULE, parse_plan_text, read_plan_file
-from .model import Plan, SharedKey
+from .model import PathConditions, Plan, SharedKey
 from .problems import EnvironmentProblem, Problem, UsageError
 from .keylog import KEY_PIPE
 from .render import write_private
@@ -57,6 +57,8 @@ class Changes:
     keys: dict[str, str | None] = field(default_factory=dict)
     gateway_ips: dict[str, str] = field(default_factory=dict)  # site -> address or "auto"
     disconnected: frozenset[str] = frozenset()
+    links_down: frozenset[str] = frozenset()  # gateways whose backbone link `vnetlab link down` took down
+    paths: dict[str, PathConditions] = field(default_factory=dict)  # gateway -> `vnetlab impair`'s conditions
 
     @staticmethod
     def read(directory: Path) -> "Changes":
@@ -64,7 +66,10 @@ class Changes:
             data = json.loads((directory / CHANGES).read_text())
         except FileNotFoundError:
             return Changes()
-        return Changes(data["keys"], data["gateway_ips"], frozenset(data["disconnected"]))
+        return Changes(data["keys"], data["gateway_ips"], frozenset(data["disconnected"]),
+                       frozenset(data.get("links_down", [])),
+                       {g: PathConditions(p["mtu"], p["loss"], p["delay_ms"], p["jitter_ms"], frozenset(p["block"]))
+                        for g, p in data.get("paths", {}).items()})
 
     @staticmethod
     def ref(vnet: str, site: str) -> str:
@@ -74,7 +79,10 @@ class Changes:
         """Atomically: a reader sees the old file or the new one, never a truncated one."""
         tmp = directory / f".{CHANGES}.{os.getpid()}"
         write_private(tmp, json.dumps({"keys": self.keys, "gateway_ips": self.gateway_ips,
-                                        "disconnected": sorted(self.disconnected)}))
+                                        "disconnected": sorted(self.disconnected),
+                                        "links_down": sorted(self.links_down),
+                                        "paths": {g: {**asdict(p), "block": sorted(p.block)}
+                                                  for g, p in self.paths.items()}}))
         os.replace(tmp, directory / CHANGES)
 
     def apply(self, plan: Plan) -> Plan:
@@ -83,6 +91,8 @@ class Changes:
             plan = plan.with_key(vnet, site, SharedKey(key) if key else None)
         for site, ip in self.gateway_ips.items():
             plan = plan.with_gateway_ip(site, None if ip == "auto" else IPv4Address(ip))
+        for gateway, conditions in self.paths.items():
+            plan = plan.with_path(gateway, conditions)
         return plan
 
 
@@ -396,8 +406,9 @@ def probe_dataplane(netns: str) -> str:
 
 
 def desired(lab: Lab):
-    """What should run in this lab: its topology, less the connections the workflow disconnected."""
-    return desired_state(lab.topology, lab.changes.disconnected, lab.sku_limit)
+    """What should run in this lab: its topology, less the connections the workflow disconnected and
+    the links it took down."""
+    return desired_state(lab.topology, lab.changes.disconnected, lab.sku_limit, lab.changes.links_down)
 
 
 def plan_change(lab: Lab, new: Lab) -> list[Action]:

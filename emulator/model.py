@@ -86,6 +86,28 @@ class LocalSite:
     gateway_ip: IPv4Address | None = None  # None means 'auto'
 
 
+DPD_TIMEOUT = 45  # Azure's default dead-peer-detection timeout
+BLOCKABLE = {"ike": "UDP 500", "natt": "UDP 4500", "esp": "IP protocol 50"}
+
+
+@dataclass(frozen=True)
+class PathConditions:
+    """A gateway's link to the backbone, as the plan's `backbone:` section or `vnetlab impair` set it:
+    what a real path does to IPsec (a small MTU, loss, delay, a firewall dropping IKE, NAT-T or ESP)."""
+
+    mtu: int | None = None  # None: the link's default (1500)
+    loss: float = 0.0  # percent of packets dropped, each direction
+    delay_ms: int = 0
+    jitter_ms: int = 0
+    block: frozenset[str] = frozenset()  # of BLOCKABLE
+
+    def describe(self) -> str:
+        parts = ([f"mtu {self.mtu}"] if self.mtu else []) + ([f"loss {self.loss:g}%"] if self.loss else []) + (
+            [f"delay {self.delay_ms} ms" + (f" ± {self.jitter_ms} ms" if self.jitter_ms else "")]
+            if self.delay_ms else []) + ([f"blocks {', '.join(sorted(self.block))}"] if self.block else [])
+        return ", ".join(parts) or "clean"
+
+
 @dataclass(frozen=True)
 class IpsecPolicy:
     """IKE and ESP parameters of one side of a tunnel, in strongSwan's proposal syntax."""
@@ -97,6 +119,25 @@ class IpsecPolicy:
     child_lifetime: int  # seconds
     child_life_kbytes: int | None  # None: no volume limit
     dpd_delay: int  # seconds; 0 = no dead peer detection
+    dpd_timeout: int = DPD_TIMEOUT  # seconds until a silent peer is declared dead (Azure: 45, 9-3600)
+
+    @property
+    def retransmit_timeout(self) -> float:
+        """strongSwan's first retransmission timeout, so that its retransmissions (base 1.4, 3 tries:
+        7.104 times this) take half the DPD timeout, at most the 14.2 s the lab used before."""
+        return round(min(RETRANSMIT_BUDGET, self.dpd_timeout / 2) / RETRANSMIT_FACTOR, 3)
+
+
+RETRANSMIT_FACTOR = 1 + 1.4 + 1.4 ** 2 + 1.4 ** 3  # retransmit_base 1.4, retransmit_tries 3
+RETRANSMIT_BUDGET = 2.0 * RETRANSMIT_FACTOR  # 14.2 s: a silent peer (the walkthrough's dummy) fails fast
+
+
+def dpd_delay_for(timeout: int) -> int:
+    """The DPD interval that declares a silent peer dead within `timeout`: charon checks every
+    `delay` seconds for inbound traffic, so a failure just after a check is noticed after up to
+    two delays, then the retransmissions run."""
+    budget = min(RETRANSMIT_BUDGET, timeout / 2)
+    return max(1, int((timeout - budget) / 2))
 
 
 @dataclass(frozen=True)
@@ -133,6 +174,14 @@ class Plan:
     connections: tuple[Connection, ...] = ()
     source: str = "<plan>"
     tests: tuple[UserCheck, ...] = ()
+    backbone: tuple[tuple[str, PathConditions], ...] = ()  # (gateway: VNet or on-premises site, conditions)
+
+    def path(self, gateway: str) -> PathConditions:
+        return dict(self.backbone).get(gateway, PathConditions())
+
+    def with_path(self, gateway: str, conditions: PathConditions) -> "Plan":
+        rest = tuple((g, c) for g, c in self.backbone if g != gateway)
+        return replace(self, backbone=rest + (((gateway, conditions),) if conditions != PathConditions() else ()))
 
     def vnet(self, name: str) -> VNet:
         return next(v for v in self.vnets if v.name == name)
@@ -219,5 +268,5 @@ def default_policy(gateway_type: GatewayType, suite: str = "gcm-first") -> Ipsec
         ike_lifetime=ike_lifetime,
         child_lifetime=child_lifetime,
         child_life_kbytes=None if route_based else 102_400_000,
-        dpd_delay=30 if route_based else 0,
+        dpd_delay=dpd_delay_for(DPD_TIMEOUT) if route_based else 0,
     )

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .model import (
+    BLOCKABLE,
     SUITES,
     Connection,
     Gateway,
     GatewayType,
     IpsecPolicy,
     LocalSite,
+    PathConditions,
     Plan,
     SharedKey,
     Sku,
@@ -26,9 +28,10 @@ from .model import (
     UserCheck,
     VNet,
     default_policy,
+    dpd_delay_for,
 )
 from .inputfile import decode, read_capped
-from .problems import Collector, Problem, connection_label, did_you_mean
+from .problems import UsageError, Collector, Problem, connection_label, did_you_mean
 from .rules import check_plan, check_user_tests
 from .yamlsource import LineMap, YamlProblem, load_yaml
 
@@ -52,7 +55,9 @@ PROPOSAL_TOKENS = {
     "ecp256", "ecp384", "ecp521", "curve25519", "noesn", "esn",
 }
 
-TOP_KEYS = {"lab", "vnets", "local_sites", "connections", "tests"}
+TOP_KEYS = {"lab", "vnets", "local_sites", "connections", "tests", "backbone"}
+PATH_KEYS = {"mtu", "loss", "delay_ms", "jitter_ms", "block"}
+MTU_RANGE = (576, 9000)
 TEST_KEYS = {"name", "from", "to", "proto", "port", "expect", "during"}
 DURING_KEYS = {"disconnect"}
 VNET_KEYS = {"location", "resource_group", "address_space", "subnets", "gateway_subnet", "gateway", "dns_servers"}
@@ -60,7 +65,7 @@ GATEWAY_KEYS = {"type", "sku"}
 SITE_KEYS = {"address_space", "gateway_ip"}
 CONN_KEYS = {"vnet", "local_site", "shared_key", "ike_version", "ipsec"}
 AZURE_MIN_LIFETIME = 300
-IPSEC_KEYS = {"suite", "ike_proposals", "esp_proposals", "ike_lifetime", "child_lifetime", "dpd_delay"}
+IPSEC_KEYS = {"suite", "ike_proposals", "esp_proposals", "ike_lifetime", "child_lifetime", "dpd_delay", "dpd_timeout"}
 SKU_ALIASES = {"Default": Sku.BASIC}  # New-AzureVNetGateway -GatewaySKU Default is Basic
 
 
@@ -88,6 +93,17 @@ def parse_plan_text(text: str, source: str) -> tuple[Plan, list[Problem]]:
         out.error("plan", "", exc.message, exc.line)
         out.raise_if_errors()
     return parse_plan_data(data, out)
+
+
+def parse_path_conditions(fields: dict[str, Any], what: str) -> PathConditions:
+    """Path conditions given on the command line (`vnetlab impair`), checked like the plan's
+    `backbone:` section; every bad value is named at once (UsageError, exit 2)."""
+    out = Collector("command line")
+    conditions = _Parser(out).path_conditions(fields, what, None)
+    errors = [f"{p.field}: {p.message}" for p in out.problems if p.severity == "error"]
+    if conditions is None or errors:
+        raise UsageError(f"{what}: " + "; ".join(errors))
+    return conditions
 
 
 def parse_plan_data(data: Any, out: Collector) -> tuple[Plan, list[Problem]]:
@@ -200,8 +216,76 @@ class _Parser:
         gw_types = {v.name: v.gateway.type for v in vnets if v.gateway}
         conns = self.connections(top.get("connections"), top.line_of("connections"), gw_types)
         tests = self.user_tests(top.get("tests"), top.line_of("tests"))
-        return Plan(name=name, vnets=tuple(vnets), local_sites=tuple(sites), connections=tuple(conns),
-                    source=self.out.source, tests=tuple(tests))
+        backbone = self.backbone(top.get("backbone"), top.line_of("backbone"), vnets, sites)
+        plan = Plan(name=name, vnets=tuple(vnets), local_sites=tuple(sites), connections=tuple(conns),
+                    source=self.out.source, tests=tuple(tests), backbone=tuple(backbone))
+        for gateway, _ in backbone:
+            site = next((x for x in sites if x.name == gateway), None)
+            stands_for = plan.vnet_of_site(site) if site is not None else None
+            if stands_for is not None:
+                self.out.error("plan", f"backbone.{gateway}", f"{gateway} stands for VNet {stands_for.name}, whose "
+                               f"gateway is the device on that path: set it under backbone.{stands_for.name}",
+                               top.line_of("backbone"))
+        return plan
+
+    def backbone(self, value: Any, line: int | None, vnets: list, sites: list) -> list:
+        """`backbone:` keyed by a VNet with a gateway or a local site: that gateway's (or on-premises
+        device's) link to the backbone. Whether a site is on-premises is known once the model is
+        whole: rules.check_backbone."""
+        if value is None:
+            return []
+        f = self.mapping(value, "plan", "backbone", line, None)
+        if f is None:
+            return []
+        known = {v.name for v in vnets if v.gateway} | {s.name for s in sites}
+        result = []
+        for gateway, raw in f.items():
+            obj = f"backbone.{gateway}"
+            if gateway not in known:
+                self.out.error("plan", f"backbone.{gateway}", f"'{gateway}' is neither a VNet with a gateway nor a "
+                               f"local site{did_you_mean(str(gateway), known)}", f.line_of(gateway))
+                continue
+            conditions = self.path_conditions(raw, obj, f.line_of(gateway))
+            if conditions is not None:
+                result.append((gateway, conditions))
+        return result
+
+    def path_conditions(self, raw: Any, obj: str, line: int | None) -> PathConditions | None:
+        """Every bad field is reported, each naming what would be valid."""
+        f = self.mapping(raw, obj, "", line, PATH_KEYS)
+        if f is None:
+            return None
+        ok, values = True, {}
+        if "mtu" in f:
+            values["mtu"] = self.integer(f["mtu"], obj, "mtu", f.line_of("mtu"), *MTU_RANGE)
+        if "loss" in f:
+            loss = f["loss"]
+            if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not 0 <= loss <= 100:
+                self.out.error(obj, "loss", f"{_show(loss)} is not valid: give a percentage from 0 to 100",
+                               f.line_of("loss"))
+                values["loss"] = None
+            else:
+                values["loss"] = float(loss)
+        for key, high in (("delay_ms", 10000), ("jitter_ms", 10000)):
+            if key in f:
+                values[key] = self.integer(f[key], obj, key, f.line_of(key), 0, high)
+        if values.get("jitter_ms") and not values.get("delay_ms"):
+            self.out.error(obj, "jitter_ms", "jitter varies a delay: set delay_ms too", f.line_of("jitter_ms"))
+            ok = False
+        if "block" in f:
+            block = f["block"]
+            block = [block] if isinstance(block, str) else block
+            bad = [b for b in block if b not in BLOCKABLE] if isinstance(block, list) else [block]
+            if bad or not block:
+                self.out.error(obj, "block", f"{_show(bad[0] if bad else block)} is not valid: list what a firewall "
+                               f"on the path drops, of {', '.join(f'{k} ({v})' for k, v in BLOCKABLE.items())}",
+                               f.line_of("block"))
+                values["block"] = None
+            else:
+                values["block"] = frozenset(block)
+        if not ok or any(v is None for v in values.values()):
+            return None
+        return PathConditions(**values)
 
     def user_tests(self, value: Any, line: int | None) -> list[UserCheck]:
         """The plan's own connectivity checks; whether `from`/`to` name real nodes is checked
@@ -404,7 +488,8 @@ class _Parser:
                 ok = ok and props is not None
                 changes[key] = props
         # lifetimes down to 10 s, so that a lab can show rekeys within a minute; Azure's start at 300 s
-        limits = {"ike_lifetime": (10, 172800), "child_lifetime": (10, 172800), "dpd_delay": (0, 3600)}
+        limits = {"ike_lifetime": (10, 172800), "child_lifetime": (10, 172800), "dpd_delay": (0, 3600),
+                  "dpd_timeout": (9, 3600)}
         for key, (low, high) in limits.items():
             if key in f:
                 val = self.integer(f[key], obj, f"ipsec.{key}", f.line_of(key), low, high)
@@ -414,6 +499,8 @@ class _Parser:
                     self.out.warning(obj, f"ipsec.{key}", f"{val} s is shorter than Azure allows ({AZURE_MIN_LIFETIME}-"
                                      "172800 s): fine for watching rekeys in the lab, not for a real gateway",
                                      f.line_of(key))
+        if changes.get("dpd_timeout") and "dpd_delay" not in changes and policy.dpd_delay:
+            changes["dpd_delay"] = dpd_delay_for(changes["dpd_timeout"])  # DPD on Azure's timing
         return IpsecPolicy(**{**policy.__dict__, **changes}) if ok else None
 
     def proposals(self, value: Any, obj: str, fld: str, line: int | None) -> tuple[str, ...] | None:

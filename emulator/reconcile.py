@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 from typing import ClassVar, Mapping
 
+from .model import PathConditions
 from .topology import Route, Topology, TunnelEnd
 
 
@@ -31,13 +32,18 @@ class LiveState:
     routes: frozenset[Route] = frozenset()
     rates: Mapping[str, int] = field(default_factory=dict)  # namespace -> cap (Mbit/s) on its backbone link
     gateways: Mapping[str, GatewayState] = field(default_factory=dict)  # gateways whose daemon runs
+    links_down: frozenset[str] = frozenset()  # namespaces whose backbone link is down
+    paths: Mapping[str, PathConditions] = field(default_factory=dict)  # namespace -> its backbone link's conditions
 
     def to_json(self) -> str:
         return json.dumps({
             "routes": sorted([r.ns, str(r.dst), str(r.via) if r.via else None, r.prohibit] for r in self.routes),
             "rates": dict(sorted(self.rates.items())),
             "gateways": {n: {"conns": dict(sorted(g.conns.items())), "secrets": g.secrets}
-                         for n, g in sorted(self.gateways.items())}}, indent=1)
+                         for n, g in sorted(self.gateways.items())},
+            "links_down": sorted(self.links_down),
+            "paths": {ns: {"mtu": p.mtu, "loss": p.loss, "delay_ms": p.delay_ms, "jitter_ms": p.jitter_ms,
+                           "block": sorted(p.block)} for ns, p in sorted(self.paths.items())}}, indent=1)
 
     @staticmethod
     def from_json(text: str) -> "LiveState":
@@ -46,7 +52,10 @@ class LiveState:
             frozenset(Route(ns, IPv4Network(dst), IPv4Address(via) if via else None, prohibit)
                       for ns, dst, via, prohibit in data["routes"]),
             data["rates"],
-            {n: GatewayState(g["conns"], g["secrets"]) for n, g in data["gateways"].items()})
+            {n: GatewayState(g["conns"], g["secrets"]) for n, g in data["gateways"].items()},
+            frozenset(data.get("links_down", [])),
+            {ns: PathConditions(p["mtu"], p["loss"], p["delay_ms"], p["jitter_ms"], frozenset(p["block"]))
+             for ns, p in data.get("paths", {}).items()})
 
     def without_gateway(self, name: str) -> "LiveState":
         """What runs once a gateway's daemon is gone: it holds nothing any more."""
@@ -69,17 +78,19 @@ def tunnel_digest(t: TunnelEnd) -> str:
 
 
 def desired_state(topo: Topology, disconnected: frozenset[str], sku_limit: bool,
-                  lifted: frozenset[str] = frozenset()) -> LiveState:
-    """What should run. `disconnected` holds 'GATEWAY/SITE' refs; `lifted` namespaces whose cap
-    a throughput measurement has lifted for a while."""
+                  links_down: frozenset[str] = frozenset()) -> LiveState:
+    """What should run. `disconnected` holds 'GATEWAY/SITE' refs; `links_down` gateways whose
+    backbone link should be down (and with it the routes through it: the kernel drops them)."""
     gws = {}
     for gw in topo.gateways:
         loaded = [t for t in gw.tunnels if f"{gw.name}/{t.local_site}" not in disconnected]
         keys = sorted(t.shared_key.reveal() for t in gw.tunnels if t.shared_key)
         gws[gw.name] = GatewayState({t.conn_id: tunnel_digest(t) for t in loaded}, _digest(repr(keys)))
-    rates = {gw.netns: gw.sku.mbps for gw in topo.gateways
-             if sku_limit and gw.sku is not None and gw.netns not in lifted}
-    return LiveState(frozenset(topo.routes), rates, gws)
+    rates = {gw.netns: gw.sku.mbps for gw in topo.gateways if sku_limit and gw.sku is not None}
+    down = frozenset(gw.netns for gw in topo.gateways if gw.name in links_down)
+    routes = frozenset(r for r in topo.routes if not (r.ns in down and r.via is not None))
+    paths = {gw.netns: gw.path for gw in topo.gateways if gw.path != PathConditions()}
+    return LiveState(routes, rates, gws, down, paths)
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -87,7 +98,14 @@ def desired_state(topo: Topology, disconnected: frozenset[str], sku_limit: bool,
 @dataclass(frozen=True)
 class Action:
     phase: ClassVar[int]
-    removes: ClassVar[bool] = False  # takes something away: the snapshot records it before it runs
+
+    def removes(self) -> bool:
+        """Takes something away: the snapshot records it before it runs (executor.py)."""
+        return False
+
+    def ahead(self, state: LiveState) -> LiveState:
+        """What the snapshot says while the action runs: never more than may be running."""
+        return self.after(state) if self.removes() else state
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -99,7 +117,9 @@ class Action:
 
 @dataclass(frozen=True)
 class StopDaemon(Action):
-    removes: ClassVar[bool] = True
+
+    def removes(self) -> bool:
+        return True
     gateway: str
     phase: ClassVar[int] = 0
 
@@ -111,8 +131,32 @@ class StopDaemon(Action):
 
 
 @dataclass(frozen=True)
+class SetLink(Action):
+    """A gateway's backbone link down or up. Down takes the routes through it (the kernel does);
+    up comes before the routes are added again."""
+
+    ns: str
+    up: bool
+    phase: ClassVar[int] = 1
+
+    def describe(self) -> str:
+        return f"{self.ns}: set its backbone link {'up' if self.up else 'down'}"
+
+    def removes(self) -> bool:
+        return not self.up
+
+    def after(self, state: LiveState) -> LiveState:
+        if self.up:
+            return replace(state, links_down=state.links_down - {self.ns})
+        return replace(state, links_down=state.links_down | {self.ns},
+                       routes=frozenset(r for r in state.routes if not (r.ns == self.ns and r.via is not None)))
+
+
+@dataclass(frozen=True)
 class DelRoute(Action):
-    removes: ClassVar[bool] = True
+
+    def removes(self) -> bool:
+        return True
     route: Route
     phase: ClassVar[int] = 1
 
@@ -144,9 +188,35 @@ class SetRate(Action):
     def describe(self) -> str:
         return f"{self.ns}: " + (f"cap the backbone link at {self.mbps} Mbit/s" if self.mbps else "lift the backbone cap")
 
+    def removes(self) -> bool:
+        return not self.mbps
+
     def after(self, state: LiveState) -> LiveState:
         rates = {ns: r for ns, r in state.rates.items() if ns != self.ns}
         return replace(state, rates=rates | ({self.ns: self.mbps} if self.mbps else {}))
+
+
+UNKNOWN_PATH = PathConditions(mtu=0)  # equal to no desired state
+
+
+@dataclass(frozen=True)
+class SetPath(Action):
+    """A gateway's backbone link conditions: its MTU, and nftables rules for loss and blocking."""
+
+    ns: str
+    conditions: PathConditions
+    phase: ClassVar[int] = 3
+
+    def describe(self) -> str:
+        return f"{self.ns}: backbone link conditions: {self.conditions.describe()}"
+
+    def ahead(self, state: LiveState) -> LiveState:
+        """Unknown while it runs (old rules flushed, new not yet in): the next apply redoes it."""
+        return replace(state, paths={**state.paths, self.ns: UNKNOWN_PATH})
+
+    def after(self, state: LiveState) -> LiveState:
+        paths = {ns: p for ns, p in state.paths.items() if ns != self.ns}
+        return replace(state, paths=paths | ({self.ns: self.conditions} if self.conditions != PathConditions() else {}))
 
 
 @dataclass(frozen=True)
@@ -182,7 +252,9 @@ class Terminate(Action):
 
 @dataclass(frozen=True)
 class Unload(Action):
-    removes: ClassVar[bool] = True
+
+    def removes(self) -> bool:
+        return True
     gateway: str
     conn: str
     phase: ClassVar[int] = 7
@@ -238,11 +310,16 @@ def diff(applied: LiveState, desired: LiveState, topo: Topology) -> list[Action]
     actions: list[Action] = []
     for gw in applied.gateways.keys() - desired.gateways.keys():
         actions.append(StopDaemon(gw))
+    for ns in sorted(applied.links_down ^ desired.links_down):
+        actions.append(SetLink(ns, up=ns not in desired.links_down))
     actions += [DelRoute(r) for r in applied.routes - desired.routes]
     actions += [AddRoute(r) for r in desired.routes - applied.routes]
     for ns in sorted(applied.rates.keys() | desired.rates.keys()):
         if applied.rates.get(ns) != desired.rates.get(ns):
             actions.append(SetRate(ns, desired.rates.get(ns)))
+    for ns in sorted(applied.paths.keys() | desired.paths.keys()):
+        if applied.paths.get(ns, PathConditions()) != desired.paths.get(ns, PathConditions()):
+            actions.append(SetPath(ns, desired.paths.get(ns, PathConditions())))
     new_daemons = desired.gateways.keys() - applied.gateways.keys()
     for gw in topo.gateways:
         want = desired.gateways.get(gw.name)

@@ -9,7 +9,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from . import gateways
+from netns.registry import read_jsonl
+
+from .keylog import CLOSED_FILE
 from .lab import Lab
+from .model import BLOCKABLE
 from .topology import GatewayNode, TunnelEnd
 
 # (cause, regular expression for a charon log line, what it shows the gateway did). strongSwan's own
@@ -108,6 +112,13 @@ def diagnose(lab: Lab, gw: GatewayNode, t: TunnelEnd) -> tuple[str, list[str]]:
         return f"key not set on {peer_gw.name} for {peer_end.local_site} (vnetlab set-key)", []
     if lab.disconnected(peer_gw.name, peer_end.local_site):
         return f"{peer_gw.name} has disconnected its side (vnetlab connect --vnet {peer_gw.name})", []
+    blocked = [(g, g.path) for g in (gw, peer_gw) if g.path.block or g.path.loss >= 100]
+    if blocked:
+        said = "; ".join(f"{g.name}'s backbone path drops " + (", ".join(f"{b} ({BLOCKABLE[b]})" for b in sorted(p.block))
+                                                              or "everything (loss 100%)") for g, p in blocked)
+        g = blocked[0][0]
+        return (f"peer unreachable (PeerReachability): {said}; vnetlab impair --{'vnet' if g.kind == 'vnet' else 'site'} "
+                f"{g.name} --clear lifts it"), []
     found: list[tuple[str, str, str, str]] = []  # (time, cause, side, what) in log order
     evidence: dict[str, list[str]] = {}
     for side, directory, conn, ips in ((gw.name, lab.gw_dir(gw), t.conn_id, (t.remote_ip,)),
@@ -137,26 +148,25 @@ def _established_at(seconds_ago: int | None) -> str | None:
     return at.isoformat(timespec="seconds")
 
 
-def ended_bytes(events: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
-    """Per (gateway, connection): the bytes in and out of every CHILD_SA that was rekeyed or closed,
-    so that counters are cumulative, as Azure's are. An SA has two ends: what one gateway sent on
-    SPI X, its peer received on SPI X. A daemon may report 0 for an outbound SA it already replaced
-    (the rekey responder does), so each count is the larger of the two ends' reports."""
-    once: dict[tuple[str, str, str], dict] = {}  # IKEv1 peers may both rekey one SA: one SA, two events
-    for e in events:
-        for sa in e.get("ended", []):
-            key = (e["gateway"], sa["spi_in"], sa["spi_out"])
-            old = once.get(key, {"bytes_in": 0, "bytes_out": 0})
-            once[key] = {**sa, "conn": e["local_site"], "bytes_in": max(old["bytes_in"], sa["bytes_in"]),
-                         "bytes_out": max(old["bytes_out"], sa["bytes_out"])}
-    ended = [(gateway, sa["conn"], sa) for (gateway, _i, _o), sa in once.items()]
-    received = {sa["spi_in"]: sa["bytes_in"] for _g, _c, sa in ended}
-    sent = {sa["spi_out"]: sa["bytes_out"] for _g, _c, sa in ended}
+def closed_bytes(lab: Lab) -> dict[tuple[str, str], tuple[int, int]]:
+    """Per (gateway, connection): the bytes in and out of every CHILD_SA that closed (a rekey's old
+    SA included), from charon's own "closing CHILD_SA" lines (workers/keylog.py keeps them), so that
+    counters are cumulative, as Azure's are. An SA has two ends: what one gateway sent on SPI X,
+    its peer received on SPI X. A daemon reports 0 for an outbound SA it replaced early (the rekey
+    responder does), so each count is the larger of the two ends' reports."""
+    once: dict[tuple[str, str, str], dict] = {}  # IKEv1 peers may both close one SA: counted once
+    for gw in lab.topology.gateways:
+        conn_of = {child: t.conn_id for t in gw.tunnels for child, _l, _r in t.children}
+        for r in read_jsonl(lab.gw_dir(gw) / CLOSED_FILE):
+            if r["child"] in conn_of:
+                once[(gw.name, r["spi_in"], r["spi_out"])] = {**r, "conn": conn_of[r["child"]]}
+    received = {r["spi_in"]: r["bytes_in"] for r in once.values()}
+    sent = {r["spi_out"]: r["bytes_out"] for r in once.values()}
     totals: dict[tuple[str, str], tuple[int, int]] = {}
-    for gateway, conn, sa in ended:
-        i, o = totals.get((gateway, conn), (0, 0))
-        totals[(gateway, conn)] = (i + max(sa["bytes_in"], sent.get(sa["spi_in"], 0)),
-                                   o + max(sa["bytes_out"], received.get(sa["spi_out"], 0)))
+    for (gateway, _i, _o), r in once.items():
+        i, o = totals.get((gateway, r["conn"]), (0, 0))
+        totals[(gateway, r["conn"])] = (i + max(r["bytes_in"], sent.get(r["spi_in"], 0)),
+                                        o + max(r["bytes_out"], received.get(r["spi_out"], 0)))
     return totals
 
 
@@ -165,7 +175,7 @@ def collect(lab: Lab, with_reasons: bool = True) -> list[ConnectionStatus]:
     # neither moves with the clock between two calls nor at a rekey (rekeys fire no up/down event)
     events = lab.events()
     connected_at = {(e["gateway"], e["local_site"]): e["time"] for e in events if e.get("to") == "Connected"}
-    carried = ended_bytes(events)
+    carried = closed_bytes(lab)
     links_down = lab.links_down()
     result = []
     for gw in lab.topology.gateways:

@@ -19,7 +19,7 @@ import hashlib
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from .model import Connection, IpsecPolicy, LocalSite, Plan, SharedKey, Sku, VNet
+from .model import Connection, IpsecPolicy, LocalSite, PathConditions, Plan, SharedKey, Sku, VNet
 
 VNET_PUBLIC = IPv4Network("203.0.113.0/24")  # emulated VIPs of VNet gateways (the first 128)
 ONPREM_PUBLIC = IPv4Network("198.51.100.0/24")  # emulated on-premises VPN devices (the first 128)
@@ -108,6 +108,12 @@ class GatewayNode:
     public_ip: IPv4Address
     sku: Sku | None
     tunnels: tuple[TunnelEnd, ...]
+    path: PathConditions = PathConditions()  # its backbone link's conditions
+
+    @property
+    def retransmit_timeout(self) -> float:
+        """One daemon, one retransmission setting: the one its shortest DPD timeout needs."""
+        return min((t.ipsec.retransmit_timeout for t in self.tunnels), default=2.0)
 
 
 @dataclass(frozen=True)
@@ -232,7 +238,8 @@ class _Builder:
         tunnels = [self.vnet_end(vnet, c) for c in self.plan.connections if c.vnet == vnet.name]
         index = list(self.vip).index(vnet.name)
         self.uplink(ns, index, self.vip[vnet.name], "g", tunnels)
-        return [GatewayNode(vnet.name, "vnet", ns, self.vip[vnet.name][1].ip, vnet.gateway.sku, tuple(tunnels))]
+        return [GatewayNode(vnet.name, "vnet", ns, self.vip[vnet.name][1].ip, vnet.gateway.sku, tuple(tunnels),
+                            self.plan.path(vnet.name))]
 
     def remote_ip(self, site: LocalSite) -> IPv4Address:
         peer = self.plan.vnet_of_site(site)
@@ -276,7 +283,8 @@ class _Builder:
                                      initiator=False, peer_in_lab=True))
         index = list(self.device_ip).index(site.name)
         self.uplink(ns, index, self.device_ip[site.name], "o", tunnels)
-        return GatewayNode(site.name, "onprem", ns, self.device_ip[site.name][1].ip, None, tuple(tunnels))
+        return GatewayNode(site.name, "onprem", ns, self.device_ip[site.name][1].ip, None, tuple(tunnels),
+                           self.plan.path(site.name))
 
 
 def build_topology(plan: Plan) -> Topology:

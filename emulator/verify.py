@@ -181,7 +181,7 @@ def during_checks(lab: Lab, timeout: float) -> list[Check]:
     checks = []
     for cond in dict.fromkeys(t.disconnect for t in lab.plan.tests if t.disconnect):
         vnet, site = cond
-        _lab, already = set_connected(lab.name, vnet, site, connect=False)
+        already = not set_connected(lab.name, vnet, site, connect=False).actions  # disconnected before verify
         try:
             _wait_for(lab, lambda rows: all(r.connectivity_state != "Connected" for r in rows
                                             if (r.gateway, r.local_site) == cond), 10)
@@ -189,7 +189,7 @@ def during_checks(lab: Lab, timeout: float) -> list[Check]:
             run = run_probes(lab, probes, None, timeout)
             checks += [_test_check(p, run, f"with {vnet}/{site} disconnected, ") for p in probes]
         finally:
-            if already is None:
+            if not already:
                 set_connected(lab.name, vnet, site, connect=True)
                 wanted = expected_up(lab)
                 _wait_for(lab, lambda rows: all(r.connectivity_state == "Connected" for r in rows

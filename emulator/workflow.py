@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from ipaddress import IPv4Address, ip_address
 
 from . import gateways
@@ -19,7 +19,8 @@ from netns.registry import end_with_parent
 
 from .executor import Executor, read_snapshot
 from .lab import Changes, Lab, apply, changing, desired, open_lab, plan_change, record_event
-from .plan import KEY_RE
+from .model import PathConditions
+from .plan import KEY_RE, parse_path_conditions
 from .problems import UsageError
 from .reconcile import Action, StopDaemon, diff
 from .rules import gateway_ip_problems
@@ -126,6 +127,49 @@ def set_connected(name: str | None, vnet: str, site: str, connect: bool, dry_run
             return Applied(lab, [], dry_run, [f"nothing to do: {vnet}'s connection to {site} is {state} already"])
         return _change(lab, replace(lab.changes, disconnected=lab.changes.disconnected - {ref} if connect
                                     else lab.changes.disconnected | {ref}), dry_run)
+
+
+def _device(lab: Lab, vnet: str | None, site: str | None) -> GatewayNode:
+    """--vnet: a VNet's gateway; --site: an on-premises site's emulated VPN device."""
+    if vnet is not None:
+        return _gateway_of(lab, vnet)
+    devices = {g.name: g for g in lab.topology.gateways if g.kind == "onprem"}
+    if site not in devices:
+        raise UsageError(f"no on-premises site '{site}' in lab '{lab.name}' (sites with a VPN device: "
+                         f"{', '.join(devices) or 'none'}); a VNet's gateway: --vnet")
+    return devices[site]
+
+
+def set_link(name: str | None, vnet: str | None, site: str | None, up: bool, dry_run: bool = False) -> Applied:
+    """Take a gateway's (or an on-premises device's) backbone link down, or bring it back: a link
+    failure on demand. Down, the kernel drops the routes through it; up, the reconciler adds them again."""
+    with changing(name) as lab:
+        gw = _device(lab, vnet, site)
+        if (gw.name not in lab.changes.links_down) == up:
+            return Applied(lab, [], dry_run, [f"nothing to do: the backbone link of {gw.name} is {'up' if up else 'down'}"
+                                              " already"])
+        links = lab.changes.links_down - {gw.name} if up else lab.changes.links_down | {gw.name}
+        return _change(lab, replace(lab.changes, links_down=links), dry_run)
+
+
+def impair(name: str | None, vnet: str | None, site: str | None, fields: dict, clear: bool,
+           dry_run: bool = False) -> Applied:
+    """Set the conditions of a gateway's backbone link while the lab runs (the plan's `backbone:`
+    section, live): the given fields replace the current ones; --clear makes the link clean."""
+    with changing(name) as lab:
+        gw = _device(lab, vnet, site)
+        current = lab.plan.path(gw.name)
+        if clear:
+            conditions = PathConditions()
+        else:
+            merged = {k: sorted(v) if k == "block" else v for k, v in (asdict(current) | fields).items()}
+            conditions = parse_path_conditions({k: v for k, v in merged.items() if v},  # 0 or []: not set
+                                               f"--{'vnet' if vnet else 'site'} {gw.name}")
+        if conditions == current:
+            return Applied(lab, [], dry_run, [f"nothing to do: the backbone link of {gw.name} is {current.describe()}"])
+        paths = {**lab.changes.paths, gw.name: conditions}
+        return _change(lab, replace(lab.changes, paths=paths), dry_run,
+                       [f"{gw.name}'s backbone link: {current.describe()} -> {conditions.describe()}"])
 
 
 RESET_WAIT = 20.0  # seconds reset-gateway waits for the gateway's tunnels to be Connected again
@@ -260,5 +304,6 @@ def gateway(name: str | None, vnet: str) -> dict:
             "GatewayType": v.gateway.type.value, "GatewaySKU": v.gateway.sku.value,
             "DefaultSite": None, "DataPlane": lab.dataplane,
             "BandwidthMbps": v.gateway.sku.mbps if lab.sku_limit else None,
+            "BackbonePath": gw.path.describe(), "BackboneLink": "down" if gw.name in lab.links_down() else "up",
             "LastEventID": last.get("id"), "LastEventMessage": last.get("message"),
             "LastEventTimeStamp": last.get("time")}

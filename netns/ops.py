@@ -97,7 +97,13 @@ class Namespace:
         self.ipr.neigh("replace", dst=str(ip), lladdr=mac, ifindex=self.index(ifname), state=NUD_PERMANENT)
 
     def up(self, ifname: str) -> None:
-        self.ipr.link("set", index=self.index(ifname), state="up")
+        self.set_state(ifname, True)
+
+    def set_mtu(self, ifname: str, mtu: int) -> None:
+        self.ipr.link("set", index=self.index(ifname), mtu=mtu)
+
+    def set_state(self, ifname: str, up: bool) -> None:
+        self.ipr.link("set", index=self.index(ifname), state="up" if up else "down")
 
     def add_address(self, ifname: str, addr: IPv4Interface) -> None:
         self.ipr.addr("add", index=self.index(ifname), address=str(addr.ip), prefixlen=addr.network.prefixlen)

@@ -5,7 +5,7 @@
 set -eu
 
 PACKAGES="strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
-libstrongswan-standard-plugins iproute2 iputils-ping iperf3 tcpdump graphviz make python3 python3-venv python3-pip"
+libstrongswan-standard-plugins iproute2 iputils-ping iperf3 tcpdump nftables graphviz make python3 python3-venv python3-pip"
 # tshark: Wireshark's dissectors, the tests' independent judge of the key tables and captures
 TEST_PACKAGES="tshark"
 if [ "${1:-}" = "--test" ]; then

@@ -1,9 +1,10 @@
-"""Read each gateway's level-4 log from its FIFO and keep only the session keys (emulator/keylog.py).
+"""Read each gateway's level-4 log from its FIFO and keep only the session keys, and the final
+byte counts of each CHILD_SA that closes (emulator/keylog.py).
 
 argv: NAME=GATEWAY_DIR per gateway. Opens GATEWAY_DIR/keys.pipe (made by `up` before the
 daemons start) for reading and writing, so a daemon opening it never blocks and never sees a
 closed pipe, not even across a restart. Appends one JSON line per SA to GATEWAY_DIR/keys.jsonl
-(mode 0600). Prints "ready" once every FIFO is open. Started before the daemons and stopped by
+(mode 0600), and one per closed CHILD_SA to GATEWAY_DIR/closed-sas.jsonl. Prints "ready" once every FIFO is open. Started before the daemons and stopped by
 `down` by its journalled pid; it also exits when the lab's state directory is gone.
 """
 
@@ -16,7 +17,7 @@ import selectors
 import sys
 from pathlib import Path
 
-from emulator.keylog import KEY_PIPE, KEYS_FILE, KeyLogParser
+from emulator.keylog import CLOSED_FILE, KEY_PIPE, KEYS_FILE, ClosedSa, KeyLogParser
 
 PIPE_SIZE = 1 << 20  # a burst of handshakes must not make a daemon wait on its log
 
@@ -30,7 +31,8 @@ def main() -> None:
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
             pass  # above /proc/sys/fs/pipe-max-size: the default size still works
-        out = os.open(Path(directory) / KEYS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        out = {kind: os.open(Path(directory) / path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+               for kind, path in (("keys", KEYS_FILE), ("closed", CLOSED_FILE))}
         sel.register(fd, selectors.EVENT_READ, (KeyLogParser(name), out, bytearray()))
     print("ready", flush=True)
     sys.stdout.close()
@@ -46,8 +48,10 @@ def main() -> None:
             *lines, rest = pending.split(b"\n")
             pending[:] = rest
             records = [r for line in lines for r in parser.feed(line.decode("utf-8", "replace"))]
-            if records:
-                os.write(out, "".join(json.dumps(r.to_json()) + "\n" for r in records).encode())
+            for kind in out:
+                mine = [r for r in records if (kind == "closed") == isinstance(r, ClosedSa)]
+                if mine:
+                    os.write(out[kind], "".join(json.dumps(r.to_json()) + "\n" for r in mine).encode())
 
 
 if __name__ == "__main__":

@@ -5,8 +5,7 @@ argv: LAB_DIR, then NAME=NETNS=GATEWAY_DIR per gateway. Appends one JSON line pe
 LAB_DIR/events.jsonl, in the vocabulary of Get-AzureVNetConnection:
 - 23401: a connectivity-state transition (vici ike-updown / child-updown);
 - 23402: the gateway's daemon stopped and its supervisor restarted it;
-- 23403: an SA was rekeyed (vici ike-rekey / child-rekey), with the bytes the old CHILD_SA carried,
-  so that the byte counters `status` shows are cumulative, as Azure's are;
+- 23403: an SA was rekeyed (vici ike-rekey / child-rekey);
 - 23404: the gateway's backbone link went down or came back (its routes are put back then).
 Every change to the lab goes through lab.py's reconciler, under the lab's lock. Prints "ready"
 once every listener is registered. `down` stops this process before it stops the daemons; it
@@ -114,12 +113,6 @@ def _sync(gateway: str, directory: Path, recorder: Recorder, quiet: bool) -> Non
         pass
 
 
-def _ended(child: dict) -> dict:
-    """An ended CHILD_SA's SPIs and byte counts at its end (status.py sums them: cumulative counters)."""
-    return {"spi_in": _text(child.get("spi-in", "")), "spi_out": _text(child.get("spi-out", "")),
-            "bytes_in": int(_text(child.get("bytes-in", "0"))), "bytes_out": int(_text(child.get("bytes-out", "0")))}
-
-
 def _record(gateway: str, kind: str, msg: dict, recorder: Recorder) -> None:
     up = _text(msg.get("up", "no")) == "yes"
     for name, sa in msg.items():
@@ -127,9 +120,7 @@ def _record(gateway: str, kind: str, msg: dict, recorder: Recorder) -> None:
             continue
         conn = _text(name)
         if kind == "child-updown":
-            ended = [] if up else [_ended(c) for c in sa.get("child-sas", {}).values()]
-            recorder.transition(gateway, conn, "Connected" if up else "NotConnected", kind,
-                                **({"ended": ended} if ended else {}))
+            recorder.transition(gateway, conn, "Connected" if up else "NotConnected", kind)
         elif kind == "ike-updown":
             recorder.transition(gateway, conn, "Connecting" if up else "NotConnected", kind)
         elif kind == "child-rekey":
@@ -138,7 +129,7 @@ def _record(gateway: str, kind: str, msg: dict, recorder: Recorder) -> None:
                 recorder.write(gateway, conn, EVENT_REKEY, f"The IPsec SA of the local network site '{conn}' was "
                                f"rekeyed: SPIs {_text(old.get('spi-in', '?'))} -> {_text(new.get('spi-in', '?'))} "
                                "(the new SA was installed before the old one was deleted).",
-                               cause=kind, ended=[_ended(old)])
+                               cause=kind)
         elif kind == "ike-rekey":
             new = sa.get("new", {})
             recorder.write(gateway, conn, EVENT_REKEY, f"The IKE SA of the local network site '{conn}' was rekeyed "

@@ -73,7 +73,10 @@ def test_rekeys_lose_nothing_and_counters_stay_cumulative(lab, dataplane):
     assert got == sent, f"{sent - got} of {sent} pings lost across {len(child)} CHILD_SA rekeys"
     res = lab.cli("connection", "--name", name, "--vnet", "TestVNet1", "--json")
     (conn,) = json.loads(res.stdout)
-    assert conn["EgressBytesTransferred"] == conn["IngressBytesTransferred"] == 84 * sent  # 84-byte echo packets
+    # 84-byte echo packets: every one counted once, across every rekey (a counter restarting at a rekey
+    # would show a quarter of it); ping's own tally may miss the one packet in flight at its deadline
+    for key in ("EgressBytesTransferred", "IngressBytesTransferred"):
+        assert 84 * got <= conn[key] <= 84 * (sent + 2), (key, conn[key], sent)
     print(f"{dataplane}: {sent} pings, 0 lost, {len(child)} CHILD_SA and {len(ike)} IKE_SA rekeys")
 
 
@@ -204,3 +207,87 @@ def test_interrupted_up_leaves_a_whole_lab_or_nothing(lab, tmp_path):
         assert not [p for p in Path("/run/netns").iterdir() if p.name.startswith(name + ".")]
     print(f"interrupt fuzz: {outcomes}")
     assert outcomes["nothing"] >= 10  # most interrupts land inside `up`
+
+
+def test_link_command_fails_and_restores_a_link_through_the_reconciler(lab):
+    name = "t-link"
+    assert lab.cli("up", "--name", name).returncode == 0
+    dry = lab.cli("link", "down", "--name", name, "--vnet", "TestVNet4", "--dry-run")
+    assert dry.returncode == 0 and "set its backbone link down" in dry.stdout
+    assert lab.ping(name, "TestVNet1/default", "10.41.0.4")
+    assert lab.cli("link", "down", "--name", name, "--vnet", "TestVNet4").returncode == 0
+    again = lab.cli("link", "down", "--name", name, "--vnet", "TestVNet4")
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert not lab.ping(name, "TestVNet1/default", "10.41.0.4")
+    deadline = time.monotonic() + 5
+    while lab.status(name)[("TestVNet4", "VNet1Local")]["connectivity_state"] != "NotConnected":
+        assert time.monotonic() < deadline, "status still Connected with the link down"
+    assert "backbone link of TestVNet4 is down" in lab.status(name)[("TestVNet4", "VNet1Local")]["reason"]
+    assert lab.cli("link", "up", "--name", name, "--vnet", "TestVNet4").returncode == 0
+    up_at = time.monotonic()
+    while not lab.ping(name, "TestVNet1/default", "10.41.0.4"):
+        assert time.monotonic() - up_at < 10
+    bad = lab.cli("link", "down", "--name", name, "--site", "VNet1Local")
+    assert bad.returncode == 2 and "no on-premises site 'VNet1Local'" in bad.stderr
+
+
+def _with(plan_text: str, ipsec: dict | None = None, backbone: dict | None = None) -> str:
+    """A variant of a plan, built from its structure."""
+    import yaml
+
+    data = yaml.safe_load(plan_text)
+    for conn in data["connections"]:
+        conn.setdefault("ipsec", {}).update(ipsec or {})
+    if backbone:
+        data["backbone"] = backbone
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def test_a_blocked_path_is_a_dead_peer_within_its_dpd_timeout_and_heals(lab, tmp_path, dataplane):
+    """Block IKE, NAT-T and ESP on TestVNet1's path with dpd_timeout 10 s: NotConnected with the
+    cause PeerReachability within 10 s + 25 %; cleared, the tunnel comes back by itself."""
+    plan = tmp_path / "dpd.yaml"
+    plan.write_text(_with((PLANS / "classic-vnet-to-vnet.yaml").read_text(), {"dpd_timeout": 10}))
+    name = "t-dpd"
+    assert lab.cli("up", str(plan), "--name", name, "--dataplane", dataplane).returncode == 0
+    res = lab.cli("impair", "--name", name, "--vnet", "TestVNet1", "--block", "ike,natt,esp")
+    assert res.returncode == 0, res.stderr
+    blocked = time.monotonic()
+    ends = [("TestVNet1", "VNet4Local"), ("TestVNet4", "VNet1Local")]
+    while any(lab.status(name)[e]["connectivity_state"] == "Connected" for e in ends):
+        assert time.monotonic() - blocked < 12.5, "still Connected 12.5 s after the path was blocked"
+        time.sleep(0.2)
+    dead = time.monotonic() - blocked
+    st = lab.status(name)
+    assert "PeerReachability" in st[ends[0]]["reason"] and "drops esp (IP protocol 50)" in st[ends[0]]["reason"]
+    gw = json.loads(lab.cli("gateway", "--name", name, "--vnet", "TestVNet1", "--json").stdout)
+    assert gw["BackbonePath"] == "blocks esp, ike, natt"
+    assert lab.cli("impair", "--name", name, "--vnet", "TestVNet1", "--clear").returncode == 0
+    cleared = time.monotonic()
+    while not (all(lab.status(name)[e]["connectivity_state"] == "Connected" for e in ends)
+               and lab.ping(name, "TestVNet1/default", "10.41.0.4")):
+        assert time.monotonic() - cleared < 15, "not back 15 s after the path was cleared"
+        time.sleep(0.2)
+    print(f"{dataplane}: NotConnected {dead:.1f} s after the block; back {time.monotonic() - cleared:.1f} s after clear")
+    rules = subprocess.run(["ip", "netns", "exec", f"{name}.v.TestVNet1", "nft", "list", "ruleset"],
+                           capture_output=True, text=True).stdout
+    assert "drop" not in rules
+
+
+def test_loss_mtu_and_refused_delay(lab):
+    name = "t-impair"
+    assert lab.cli("up", "--name", name).returncode == 0
+    before = (lab.state / name / "applied.json").read_text()
+    delay = lab.cli("impair", "--name", name, "--vnet", "TestVNet1", "--delay", "30")
+    assert delay.returncode == 3 and "netem" in delay.stderr
+    assert (lab.state / name / "applied.json").read_text() == before  # nothing changed
+    bad = lab.cli("impair", "--name", name, "--vnet", "TestVNet1", "--mtu", "100", "--loss", "200")
+    assert bad.returncode == 2 and "576 to 9000" in bad.stderr and "0 to 100" in bad.stderr
+    assert lab.cli("impair", "--name", name, "--vnet", "TestVNet1", "--loss", "100").returncode == 0
+    assert not lab.ping(name, "TestVNet1/default", "10.41.0.4")
+    assert lab.cli("impair", "--name", name, "--vnet", "TestVNet1", "--loss", "0", "--mtu", "1400").returncode == 0
+    link = subprocess.run(["ip", "-n", f"{name}.v.TestVNet1", "link", "show", "bb"], capture_output=True, text=True)
+    assert "mtu 1400" in link.stdout
+    assert lab.ping(name, "TestVNet1/default", "10.41.0.4")
+    st = json.loads(lab.cli("status", "--name", name, "--json").stdout)
+    assert st["backbone_paths"] == {"TestVNet1": "mtu 1400"}

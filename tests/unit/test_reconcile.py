@@ -8,7 +8,7 @@ import pytest
 from emulator.lab import Changes
 from emulator.model import SharedKey
 from emulator.plan import load_plan
-from emulator.reconcile import (AddRoute, DelRoute, Initiate, LiveState, Load, SetRate, StartDaemon, StopDaemon,
+from emulator.reconcile import (AddRoute, DelRoute, Initiate, LiveState, Load, SetLink, SetRate, StartDaemon, StopDaemon,
                                 Terminate, Unload, WriteConfig, desired_state, diff, replay)
 from emulator.topology import build_topology
 from tests.conftest import PLANS
@@ -132,3 +132,18 @@ def test_descriptions_name_the_target_and_never_a_key():
     lines = [a.describe() for a in diff(LiveState(), want, topo)]
     assert any(line == "TestVNet1: initiate VNet4Local" for line in lines)
     assert not any("Secret77" in line or "A1b2C3D4" in line for line in lines)
+
+
+def test_a_link_taken_down_takes_its_routes_and_brings_them_back_up():
+    topo, up = _state(_plan())
+    down = desired_state(topo, frozenset(), True, frozenset({"TestVNet1"}))
+    ns = topo.gateway("TestVNet1").netns
+    through_bb = {r for r in topo.routes if r.ns == ns and r.via is not None}
+    assert through_bb and not through_bb & down.routes and down.links_down == {ns}
+    off = diff(up, down, topo)
+    assert off[0] == SetLink(ns, False) and {a.route for a in off if isinstance(a, DelRoute)} == through_bb
+    on = diff(down, up, topo)
+    assert on[0] == SetLink(ns, True) and {a.route for a in on if isinstance(a, AddRoute)} == through_bb
+    assert replay(up, off) == down and replay(down, on) == up
+    assert LiveState.from_json(down.to_json()) == down
+    assert SetLink(ns, False).removes() and not SetLink(ns, True).removes()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.keylog import EspKeys, IkeKeys, KeyLogParser, from_json
+from emulator.keylog import ClosedSa, EspKeys, IkeKeys, KeyLogParser, from_json
 from emulator.keytables import (esp_authentication, esp_encryption, esp_row, ikev1_row, ikev2_encryption,
                                 ikev2_integrity, ikev2_row, tables, tshark_options)
 from emulator.trace import Tracer, read_pcap
@@ -18,9 +18,18 @@ DATA = Path(__file__).parent.parent / "data"
 PSK = b"A1b2C3D4"
 
 
-def parse(path: Path, gateway: str) -> list:
+def parse(path: Path, gateway: str, kinds: tuple = (IkeKeys, EspKeys)) -> list:
     parser = KeyLogParser(gateway)
-    return [r for line in path.read_text().splitlines() for r in parser.feed(line)]
+    return [r for line in path.read_text().splitlines() for r in parser.feed(line) if isinstance(r, kinds)]
+
+
+def test_closed_child_sas_keep_their_final_counters():
+    line = ("12[IKE] <VNet1Local|1> closing CHILD_SA VNet1Local{1} with SPIs b1c72355_i (12348 bytes) 417ed693_o "
+            "(840 bytes) and TS 10.41.0.0/16 === 10.11.0.0/16")
+    assert KeyLogParser("TestVNet4").feed(line) == [ClosedSa("TestVNet4", "VNet1Local", "b1c72355", 12348, "417ed693", 840)]
+    expired = ("09[IKE] <VNet4Local|1> closing expired CHILD_SA VNet4Local-1{1} with SPIs 1c29fe7a_i 0e85be3f_o and "
+               "TS 10.11.0.0/16 === 10.41.0.0/16")  # no counts: its peer's line has them
+    assert KeyLogParser("gw").feed(expired) == [ClosedSa("gw", "VNet4Local-1", "1c29fe7a", 0, "0e85be3f", 0)]
 
 
 @pytest.fixture(scope="module")

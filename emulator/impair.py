@@ -1,0 +1,66 @@
+"""Path conditions on a gateway's backbone link, as the kernel does them: the MTU by netlink, loss
+and a firewall's drops by nftables (in the gateway's own namespace, so `down` takes them with it).
+Delay and jitter need the kernel's netem, which not every kernel has: asked for where it is
+missing, they are refused before anything changes (exit 3)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from netns import ops
+
+from .model import PathConditions
+from .problems import EnvironmentProblem
+
+TABLE = "vnetlab_path"
+DEFAULT_MTU = 1500
+MATCHES = {"ike": ("udp sport 500", "udp dport 500"), "natt": ("udp sport 4500", "udp dport 4500"),
+           "esp": ("meta l4proto esp",)}
+
+
+def nft_script(c: PathConditions, ifname: str = "bb") -> str:
+    """One transaction: the table is created (so that it exists), deleted, and built again with
+    what `c` asks for, on packets the gateway sends and receives on its backbone link."""
+    lines = [f"table inet {TABLE}", f"delete table inet {TABLE}"]
+    drops = [m for what in sorted(c.block) for m in MATCHES[what]]
+    if c.loss:  # in hundredths of a percent; 100 % drops everything
+        drops.append(f"numgen random mod 10000 < {round(c.loss * 100)}" if c.loss < 100 else "meta nfproto ipv4")
+    if drops:
+        lines.append(f"table inet {TABLE} {{")
+        for chain, hook, side in (("from_backbone", "input", "iifname"), ("to_backbone", "output", "oifname")):
+            lines.append(f"  chain {chain} {{")
+            lines.append(f"    type filter hook {hook} priority -10; policy accept;")
+            lines += [f'    {side} "{ifname}" {m} counter drop' for m in drops]
+            lines.append("  }")
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def require_support(c: PathConditions) -> None:
+    """Refuse, before anything changes, what this kernel cannot do."""
+    if c.delay_ms or c.jitter_ms:
+        raise EnvironmentProblem(
+            "delay and jitter need the kernel's netem queueing discipline (sch_netem), which this kernel lacks"
+            if not netem_available() else
+            "delay and jitter are not built by this version of vnetlab yet (netem is there); mtu, loss and block work")
+
+
+def netem_available() -> bool:
+    """Tried in a throwaway namespace, removed at once."""
+    probe = f"vnetlab-netem-{os.getpid()}"
+    ops.create(probe)
+    try:
+        return subprocess.run(["ip", "netns", "exec", probe, "tc", "qdisc", "add", "dev", "lo", "root", "netem",
+                               "delay", "1ms"], capture_output=True).returncode == 0
+    finally:
+        ops.remove(probe)
+
+
+def apply(n: ops.Namespace, c: PathConditions, ifname: str = "bb") -> None:
+    n.set_mtu(ifname, c.mtu or DEFAULT_MTU)
+    res = subprocess.run(["ip", "netns", "exec", n.name, "nft", "-f", "-"], input=nft_script(c, ifname),
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise EnvironmentProblem(f"nftables refused the path conditions in {n.name}: {res.stderr.strip()[-300:]} "
+                                 "(is the nftables package installed? scripts/install.sh installs it)")
