@@ -138,11 +138,13 @@ class Lab:
         return read_jsonl(self.directory / EVENTS)
 
     def links_down(self) -> set[str]:
-        """Gateways whose backbone link is down now (workers/monitor.py watches the links)."""
+        """Gateways whose backbone link is down now: taken down by `vnetlab link`, or seen down by
+        workers/monitor.py, which watches the links."""
         try:
-            return set(json.loads((self.directory / LINKS_DOWN).read_text()))
+            seen = set(json.loads((self.directory / LINKS_DOWN).read_text()))
         except (FileNotFoundError, ValueError):
-            return set()
+            seen = set()
+        return seen | set(self.changes.links_down)
 
     def with_changes(self, changes: Changes) -> "Lab":
         """This lab as it will be once `changes` are applied (nothing is written)."""
