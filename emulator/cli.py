@@ -195,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     vnet_site(p, site=False)
     dry_run(p)
 
+    def device(p: argparse.ArgumentParser) -> None:
+        which = p.add_mutually_exclusive_group(required=True)
+        which.add_argument("--vnet", metavar="VNET", help="the VNet's gateway")
+        which.add_argument("--site", metavar="SITE", help="an on-premises site's VPN device")
+
     p = cmd("link", "take a gateway's backbone link down, or bring it back (a link failure on demand)",
             "Set the backbone link of VNET's gateway, or of SITE's on-premises VPN device, down or up. Down: "
             "the kernel drops the routes through it, the tunnels stop carrying traffic, and 'status' says "
@@ -202,9 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
             "are put back and the tunnels carry traffic again. 'down' of the lab removes it all either way.")
     _name_arg(p)
     p.add_argument("state", choices=["down", "up"])
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--vnet", metavar="VNET", help="the VNet's gateway")
-    which.add_argument("--site", metavar="SITE", help="an on-premises site's VPN device")
+    device(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     dry_run(p)
 
@@ -216,9 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
             "50). Given fields replace the current ones; --clear makes the link clean. 'status' and 'gateway' "
             "show the conditions; 'down' removes them with the lab.")
     _name_arg(p)
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--vnet", metavar="VNET", help="the VNet's gateway")
-    which.add_argument("--site", metavar="SITE", help="an on-premises site's VPN device")
+    device(p)
     p.add_argument("--mtu", type=int, metavar="N", help="the link's MTU, 576-9000")
     p.add_argument("--loss", type=float, metavar="P", help="percent of packets dropped, each direction, 0-100")
     p.add_argument("--delay", type=int, metavar="MS", help="added delay in milliseconds (needs netem)")
@@ -231,10 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("demo", "narrated, scripted demonstrations on their own lab",
             "psk-mismatch: keys alike -> Connected and probes pass; one side re-keyed -> NotConnected, the "
             "cause named, probes fail, nothing in clear; key restored -> Connected again. walkthrough: the "
-            "classic article step by step, from the dummy 5.4.3.2 to verified tunnels. Exit 0 only when every "
+            "classic article step by step, from the dummy 5.4.3.2 to verified tunnels. dead-peer: a firewall "
+            "drops IKE, NAT-T and ESP on one path -> NotConnected within the DPD timeout, fault PeerReachability; "
+            "cleared -> Connected again by itself. Exit 0 only when every "
             "observation matched its expectation. The demo removes its lab at the end.")
-    p.add_argument("scenario", choices=["psk-mismatch", "walkthrough"])
-    p.add_argument("--ike", type=int, choices=[1, 2], default=2, help="IKE version of every connection (default 2); the demo checks that this version ran")
+    p.add_argument("scenario", choices=["psk-mismatch", "walkthrough", "dead-peer"])
+    p.add_argument("--ike", type=int, choices=[1, 2], default=2,
+                   help="IKE version of every connection (default 2); the demo checks that this version ran")
     p.add_argument("--name", metavar="LAB", help="name of the demo's lab (default: demo-<scenario>)")
 
     p = cmd("verify", "prove with packets that the lab does what the plan says",

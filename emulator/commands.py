@@ -10,20 +10,22 @@ import sys
 from . import lab as labmod
 from .problems import ExitCode, UsageError
 from .report import print_json, print_problems, table
+from .executor import read_snapshot
 from .status import ConnectionStatus, collect, expected_up
 
 
 def print_status(lab: labmod.Lab, rows: list[ConnectionStatus], as_json: bool, verbose: bool = False) -> None:
-    paths = {g.name: g.path.describe() for g in lab.topology.gateways if g.path.describe() != "clean"}
+    applied = read_snapshot(lab.directory)  # what runs, as the executor recorded it
+    paths = {g.name: applied.paths[g.netns].describe() for g in lab.topology.gateways if g.netns in applied.paths}
     down = sorted(lab.links_down())
     if as_json:
         print_json({"lab": lab.name, "dataplane": lab.dataplane, "created": lab.created,
                     "backbone_paths": paths, "links_down": down, "connections": [r.as_dict() for r in rows]})
         return
     print(f"lab '{lab.name}' · data plane: {lab.dataplane} · state: {lab.directory}")
-    print(table(["gateway", "local site", "state", "IKE", "in bytes", "out bytes", "established", "reason"],
-                [[*_ends(lab, r), r.connectivity_state, f"v{r.ike_version}", r.ingress_bytes,
-                  r.egress_bytes, r.last_connection_established or "-", r.reason] for r in rows]))
+    print(table(["gateway", "local site", "state", "IKE", "in bytes", "out bytes", "established", "fault", "reason"],
+                [[*_ends(lab, r), r.connectivity_state, f"v{r.ike_version}", r.ingress_bytes, r.egress_bytes,
+                  r.last_connection_established or "-", r.fault["type"] if r.fault else "", r.reason] for r in rows]))
     for gateway, what in paths.items():
         print(f"backbone path of {gateway}: {what}")
     for gateway in down:
@@ -261,7 +263,10 @@ def connection(args: argparse.Namespace) -> int:
             if i:
                 print()
             evidence = e.pop("Evidence", [])
-            _block(e, False)
+            fault = e.pop("Fault")
+            _block({**e, "Fault": fault["type"] if fault else None}, False)
+            for action in fault["recommended_actions"] if fault else []:
+                print(f"  recommended: {action}")
             for line in evidence:
                 print(f"  evidence: {line}")
     return ExitCode.OK if all(r.status.connectivity_state == "Connected" for r in reports) else ExitCode.CHECK_FAILED

@@ -43,8 +43,9 @@ def _states(lab: labmod.Lab) -> dict[tuple[str, str], ConnectionStatus]:
     return {(s.gateway, s.local_site): s for s in collect(lab)}
 
 
-def _wait_for(name: str, predicate: Callable[[dict], bool]) -> dict[tuple[str, str], ConnectionStatus]:
-    deadline = time.monotonic() + WAIT
+def _wait_for(name: str, predicate: Callable[[dict], bool],
+              wait: float = WAIT) -> dict[tuple[str, str], ConnectionStatus]:
+    deadline = time.monotonic() + wait
     while True:
         states = _states(labmod.open_lab(name))
         if predicate(states) or time.monotonic() > deadline:
@@ -178,6 +179,53 @@ def _walkthrough(n: Narrator, name: str, ike: int, plan_path: Path) -> None:
     _verify(n, name, True)
 
 
+DEAD_PEER_TIMEOUT = 10  # seconds: the demo's dpd_timeout (Azure's default is 45)
+
+
+def _dead_peer(n: Narrator, name: str, ike: int, plan_path: Path) -> None:
+    """A firewall on one gateway's path drops IKE, NAT-T and ESP: dead-peer detection declares the
+    peer dead within the DPD timeout, the cause is named, and the tunnel heals by itself once cleared."""
+    data = yaml.safe_load(_variant(default_plan_path(), ike, plan_path).read_text())
+    for conn in data["connections"]:
+        conn.setdefault("ipsec", {})["dpd_timeout"] = DEAD_PEER_TIMEOUT
+    plan_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    n.say(f"Bring up the walkthrough's two VNets (IKEv{ike}) with a {DEAD_PEER_TIMEOUT} s DPD timeout",
+          "ipsec: {dpd_timeout: 10}; Azure's default is 45 s, 9-3600")
+    labmod.up(str(plan_path), name, "auto", 20, False)
+    states = _wait_for(name, lambda s: all(x.connectivity_state == "Connected" for x in s.values()))
+    n.observe("both connections Connected", all(x.connectivity_state == "Connected" for x in states.values()),
+              _show(states))
+
+    n.say("A firewall on TestVNet1's path starts dropping IKE, NAT-T and ESP",
+          "vnetlab impair --vnet TestVNet1 --block ike,natt,esp")
+    workflow.impair(name, "TestVNet1", None, {"block": ["ike", "natt", "esp"]}, False)
+    blocked = time.monotonic()
+    deadline = blocked + DEAD_PEER_TIMEOUT * 1.25 + 5
+    while True:
+        states = _states(labmod.open_lab(name))
+        if all(x.connectivity_state != "Connected" for x in states.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    took = time.monotonic() - blocked
+    end = states[("TestVNet1", "VNet4Local")]
+    n.observe(f"NotConnected within the DPD timeout + 25 % ({DEAD_PEER_TIMEOUT * 1.25:.1f} s), fault PeerReachability",
+              took <= DEAD_PEER_TIMEOUT * 1.25 and all(x.connectivity_state != "Connected" for x in states.values())
+              and (end.fault or {}).get("type") == "PeerReachability",
+              f"after {took:.1f} s: {end.connectivity_state}, {(end.fault or {}).get('type')}: {end.reason}")
+    n.say("Probe: nothing may cross, nothing in clear")
+    _verify(n, name, False)
+
+    n.say("The firewall rule is removed", "vnetlab impair --vnet TestVNet1 --clear")
+    workflow.impair(name, "TestVNet1", None, {}, True)
+    cleared = time.monotonic()
+    states = _wait_for(name, lambda s: all(x.connectivity_state == "Connected" for x in s.values()), 20)
+    n.observe("both connections Connected again by themselves (the initiator keeps trying)",
+              all(x.connectivity_state == "Connected" for x in states.values()),
+              f"after {time.monotonic() - cleared:.1f} s: {_show(states)}")
+    n.say("Probe once more")
+    _verify(n, name, True)
+
+
 def run(scenario: str, name: str, ike: int) -> int:
     import tempfile
 
@@ -188,10 +236,7 @@ def run(scenario: str, name: str, ike: int) -> int:
     n = Narrator()
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            if scenario == "psk-mismatch":
-                _psk_mismatch(n, name, ike, Path(tmp) / "plan.yaml")
-            else:
-                _walkthrough(n, name, ike, Path(tmp) / "plan.yaml")
+            SCENARIOS[scenario](n, name, ike, Path(tmp) / "plan.yaml")
         finally:
             n.say(f"Remove the demo's lab '{name}'")
             removed = labmod.down(name, False)
@@ -202,3 +247,6 @@ def run(scenario: str, name: str, ike: int) -> int:
         return ExitCode.CHECK_FAILED
     print(f"demo {scenario}: every observation matched ({n.step} steps)")
     return ExitCode.OK
+
+
+SCENARIOS = {"psk-mismatch": _psk_mismatch, "walkthrough": _walkthrough, "dead-peer": _dead_peer}

@@ -27,7 +27,7 @@ from typing import Iterator
 from netns import ops
 from netns.registry import Registry, read_jsonl
 
-from . import gateways
+from . import gateways, impair
 from .plan import LAB_RE, LAB_RULE, parse_plan_text, read_plan_file
 from .model import PathConditions, Plan, SharedKey
 from .problems import EnvironmentProblem, Problem, UsageError
@@ -245,6 +245,8 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
     require_root()
     gateways.check_strongswan()
     topo = build_topology(plan)
+    for gw in topo.gateways:  # what this kernel cannot do is refused before anything is built
+        impair.require_support(gw.path)
     directory = state_base() / plan.name
     if directory.exists():
         if reuse and plan.name in list_labs() and (directory / PLAN_COPY).read_text() == text:

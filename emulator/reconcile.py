@@ -117,11 +117,11 @@ class Action:
 
 @dataclass(frozen=True)
 class StopDaemon(Action):
+    gateway: str
+    phase: ClassVar[int] = 0
 
     def removes(self) -> bool:
         return True
-    gateway: str
-    phase: ClassVar[int] = 0
 
     def describe(self) -> str:
         return f"stop the daemon of {self.gateway}"
@@ -154,11 +154,11 @@ class SetLink(Action):
 
 @dataclass(frozen=True)
 class DelRoute(Action):
+    route: Route
+    phase: ClassVar[int] = 1
 
     def removes(self) -> bool:
         return True
-    route: Route
-    phase: ClassVar[int] = 1
 
     def describe(self) -> str:
         return f"{self.route.ns}: delete route {_route_text(self.route)}"
@@ -252,12 +252,12 @@ class Terminate(Action):
 
 @dataclass(frozen=True)
 class Unload(Action):
-
-    def removes(self) -> bool:
-        return True
     gateway: str
     conn: str
     phase: ClassVar[int] = 7
+
+    def removes(self) -> bool:
+        return True
 
     def describe(self) -> str:
         return f"{self.gateway}: unload connection {self.conn}"

@@ -51,9 +51,44 @@ class ConnectionStatus:
     cipher: str | None = None
     reason: str = ""
     evidence: list[str] = field(default_factory=list)
+    fault: dict | None = None  # Network Watcher's vocabulary: {type, summary, recommended_actions}
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+# Network Watcher's fault types (VPN troubleshoot), by the start of the reason the lab gives: one table
+FAULTS = (
+    ("pre-shared key mismatch", "Authentication", "The two sides' pre-shared keys differ.",
+     ["Set the same key on both sides: vnetlab set-key (Set-AzureVNetGatewayKey)."]),
+    ("key not set", "KeyNotSet", "A side of the connection has no pre-shared key.",
+     ["Set the key on that side: vnetlab set-key."]),
+    ("proposal mismatch", "IkePolicyMismatch", "The sides share no IKE or IPsec proposal.",
+     ["Align the connections' ipsec: suite or proposals on both sides."]),
+    ("traffic selectors", "TrafficSelectorMismatch", "The sides disagree on the networks the tunnel carries.",
+     ["Make each local site's address space the peer VNet's (or site's) address space."]),
+    ("gateway daemon of", "GatewayNotRunning", "The gateway's IKE daemon does not answer.",
+     ["Wait for its supervisor to restart it, or vnetlab reset-gateway; if it stays down, down and up."]),
+    ("disconnected", "Disconnected", "The connection was disconnected on purpose.",
+     ["vnetlab connect (Set-AzureVNetGateway -Connect)."]),
+    ("peer unreachable", "PeerReachability", "IKE gets no answer from the peer's address.",
+     ["Check the local site's gateway address (vnetlab update-site).",
+      "Check the path: a firewall dropping UDP 500/4500 or ESP (vnetlab impair --clear), a link down (vnetlab link up)."]),
+    ("the backbone link of", "PeerReachability", "The gateway's link to the Internet is down.",
+     ["Bring the link back: vnetlab link up."]),
+)
+
+
+def fault_of(reason: str) -> dict | None:
+    """The fault type of a NotConnected connection, from the reason the lab gives; a peer's own
+    choice ("X has disconnected its side", "no connection back") is named too."""
+    for prefix, kind, summary, actions in FAULTS:
+        if reason.startswith(prefix) or (kind == "Disconnected" and "has disconnected its side" in reason):
+            return {"type": kind, "summary": summary, "recommended_actions": actions}
+    if "has no connection back" in reason:
+        return {"type": "PeerReachability", "summary": "Nothing answers this tunnel at the peer.",
+                "recommended_actions": ["Add the peer's connection back to this gateway in the plan."]}
+    return None
 
 
 def _log_tail(directory: Path) -> list[str]:
@@ -211,7 +246,8 @@ def collect(lab: Lab, with_reasons: bool = True) -> list[ConnectionStatus]:
                                              or _established_at(sa.established_seconds_ago))
                 if sa and sa.child_installed else None,
                 ike_version=t.ike_version, dataplane=lab.dataplane, remote_address=str(t.remote_ip),
-                cipher=sa.encryption if sa else None, reason=reason, evidence=evidence))
+                cipher=sa.encryption if sa else None, reason=reason, evidence=evidence,
+                fault=fault_of(reason) if reason else None))
     return result
 
 

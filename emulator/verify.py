@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from netns.registry import Registry
+from netns.registry import Registry, end_with_parent
 
 from .capture import key_tables
 from .keytables import write_tables
@@ -203,7 +203,8 @@ def _python_in(ns: str, module: str, *args: str) -> list[str]:
 
 class _Workers:
     """Worker processes started for one verify run; journalled in the lab's registry, so
-    `down` removes them even if verify is killed, and stopped by pid when verify ends."""
+    `down` removes them, stopped by pid when verify ends, and ended by the kernel when verify is
+    killed (an orphaned iperf3 would still be sending while the next verify captures the backbone)."""
 
     def __init__(self, lab: Lab):
         self.registry = Registry(lab.directory)
@@ -211,7 +212,8 @@ class _Workers:
 
     def start(self, argv: list[str], what: str, stdin: bool = True) -> subprocess.Popen:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=WORKER_CWD)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=WORKER_CWD,
+                                preexec_fn=end_with_parent)
         self.registry.adopt_process(proc.pid, what)
         self.procs.append(proc)
         return proc

@@ -261,7 +261,7 @@ class ConnectionReport:
                 "EgressBytesTransferred": s.egress_bytes, "IngressBytesTransferred": s.ingress_bytes,
                 "LastConnectionEstablished": s.last_connection_established, "LastEventID": e.get("id"),
                 "LastEventMessage": e.get("message"), "LastEventTimeStamp": e.get("time"),
-                "Reason": s.reason or None, "Evidence": s.evidence}
+                "Reason": s.reason or None, "Fault": s.fault, "Evidence": s.evidence}
 
 
 def connection(name: str | None, vnet: str) -> tuple[Lab, list[ConnectionReport]]:

@@ -157,6 +157,31 @@ def rss_kb(lab: str) -> list[int]:
                      if l.startswith("VmRSS")).split()[1]) for p in pids]
 
 
+def live_changes(results: dict) -> None:
+    """Issue 9's figures: the outage of a deliberate gateway reset (ping every 10 ms across it), and
+    how soon traffic crosses again after a link failed and came back (`vnetlab link`)."""
+    run("up", "--name", "bench-live")
+    outages, backs = [], []
+    for _ in range(5):
+        _, data = run_json("reset-gateway", "--name", "bench-live", "--vnet", "TestVNet4", "--json")
+        outages.append(data["OutageSeconds"])
+        backs.append(data["TunnelsBackSeconds"])
+    results["reset_gateway_outage_s_median"] = statistics.median(outages)
+    results["reset_gateway_tunnels_back_s_median"] = statistics.median(backs)
+    recoveries = []
+    for _ in range(3):
+        run("link", "down", "--name", "bench-live", "--vnet", "TestVNet1")
+        run("link", "up", "--name", "bench-live", "--vnet", "TestVNet1")
+        start = time.monotonic()
+        while subprocess.run(["ip", "netns", "exec", "bench-live.v.TestVNet1.default", "ping", "-c1", "-W1",
+                              "10.41.0.4"], capture_output=True).returncode != 0:
+            if time.monotonic() - start > 30:
+                break
+        recoveries.append(time.monotonic() - start)
+    results["link_up_to_traffic_s_median"] = round(statistics.median(recoveries), 3)
+    run("down", "--name", "bench-live")
+
+
 def main() -> None:
     os.environ["VNETLAB_STATE_DIR"] = tempfile.mkdtemp(prefix="vnetlab-bench-")
     results: dict = {}
@@ -217,7 +242,9 @@ def main() -> None:
     results["chain40_down_s"] = round(run("down", "--name", "bench-chain"), 3)
     os.unlink(path)
     cycles(results, 30)
-    for n in (100, 300):
+    live_changes(results)
+    # VNETLAB_BENCH_RINGS=100,300,1000 adds the stretch ring (about 5 GB, several minutes)
+    for n in [int(x) for x in os.environ.get("VNETLAB_BENCH_RINGS", "100,300").split(",")]:
         big_ring(results, n)
     (ROOT / "bench-results.json").write_text(json.dumps(results, indent=2) + "\n")
     width = max(map(len, results))

@@ -260,6 +260,7 @@ def test_a_blocked_path_is_a_dead_peer_within_its_dpd_timeout_and_heals(lab, tmp
     dead = time.monotonic() - blocked
     st = lab.status(name)
     assert "PeerReachability" in st[ends[0]]["reason"] and "drops esp (IP protocol 50)" in st[ends[0]]["reason"]
+    assert st[ends[0]]["fault"]["type"] == "PeerReachability" and st[ends[0]]["fault"]["recommended_actions"]
     gw = json.loads(lab.cli("gateway", "--name", name, "--vnet", "TestVNet1", "--json").stdout)
     assert gw["BackbonePath"] == "blocks esp, ike, natt"
     assert lab.cli("impair", "--name", name, "--vnet", "TestVNet1", "--clear").returncode == 0
@@ -291,3 +292,22 @@ def test_loss_mtu_and_refused_delay(lab):
     assert lab.ping(name, "TestVNet1/default", "10.41.0.4")
     st = json.loads(lab.cli("status", "--name", name, "--json").stdout)
     assert st["backbone_paths"] == {"TestVNet1": "mtu 1400"}
+
+
+def test_backbone_section_applies_at_up_and_delay_is_refused_before_anything(lab, tmp_path):
+    text = (PLANS / "classic-vnet-to-vnet.yaml").read_text()
+    plan = tmp_path / "path.yaml"
+    plan.write_text(_with(text, backbone={"TestVNet1": {"mtu": 1400, "block": ["ike"]}}))
+    res = lab.cli("up", str(plan), "--name", "t-path", "--timeout", "3")
+    assert res.returncode == 1  # nothing gets through a path that drops IKE
+    st = lab.status("t-path")[("TestVNet1", "VNet4Local")]
+    assert st["connectivity_state"] == "NotConnected" and st["fault"]["type"] == "PeerReachability"
+    link = subprocess.run(["ip", "-n", "t-path.v.TestVNet1", "link", "show", "bb"], capture_output=True, text=True)
+    assert "mtu 1400" in link.stdout
+    assert "blocks ike" in lab.cli("status", "--name", "t-path").stdout
+    slow = tmp_path / "slow.yaml"
+    slow.write_text(_with(text, backbone={"TestVNet4": {"delay_ms": 40}}))
+    res = lab.cli("up", str(slow), "--name", "t-slow")
+    assert res.returncode == 3 and "netem" in res.stderr and "Traceback" not in res.stderr
+    assert not (lab.state / "t-slow").exists()
+    assert not [p for p in Path("/run/netns").iterdir() if p.name.startswith("t-slow.")]

@@ -1,0 +1,30 @@
+"""Network Watcher's fault types, from the reasons the lab gives (status.fault_of): every type the
+issue names is reachable, and a connection that is only not established yet has none."""
+
+import pytest
+
+from emulator.status import FAULTS, fault_of
+
+CASES = [
+    ("pre-shared key mismatch (IKEv2): TestVNet1 received AUTHENTICATION_FAILED", "Authentication"),
+    ("proposal mismatch (NO_PROPOSAL_CHOSEN): TestVNet4 found no acceptable proposal", "IkePolicyMismatch"),
+    ("traffic selectors refused (TS_UNACCEPTABLE): TestVNet1 received TS_UNACCEPTABLE", "TrafficSelectorMismatch"),
+    ("peer unreachable: no gateway answers at 5.4.3.2 (no answer to IKE_SA_INIT)", "PeerReachability"),
+    ("peer unreachable (PeerReachability): TestVNet1's backbone path drops ike (UDP 500)", "PeerReachability"),
+    ("the backbone link of TestVNet1 is down: no route to any peer", "PeerReachability"),
+    ("gateway daemon of TestVNet1 is not running: its supervisor restarts it", "GatewayNotRunning"),
+    ("key not set on TestVNet4 for VNet1Local (vnetlab set-key)", "KeyNotSet"),
+    ("disconnected (Set-AzureVNetGateway -Disconnect); reconnect with vnetlab connect", "Disconnected"),
+    ("TestVNet4 has disconnected its side (vnetlab connect --vnet TestVNet4)", "Disconnected"),
+]
+
+
+@pytest.mark.parametrize("reason,kind", CASES)
+def test_each_reason_has_its_fault_type(reason, kind):
+    fault = fault_of(reason)
+    assert fault["type"] == kind and fault["summary"] and fault["recommended_actions"]
+
+
+def test_every_fault_type_is_covered_and_not_established_is_none():
+    assert {kind for _p, kind, _s, _a in FAULTS} == {k for _r, k in CASES}
+    assert fault_of("not established yet") is None
