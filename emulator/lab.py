@@ -34,7 +34,7 @@ from .problems import EnvironmentProblem, Problem, UsageError
 from .keylog import KEY_PIPE
 from .render import write_private
 from .executor import Executor, read_snapshot
-from .reconcile import Action, AddRoute, DelRoute, Initiate, LiveState, desired_state, diff
+from .reconcile import Action, Initiate, LiveState, desired_state, diff
 from .topology import GatewayNode, Route, Topology, build_topology
 
 PLAN_COPY = "plan.yaml"
@@ -454,14 +454,19 @@ def heal_gateway(lab_name: str, gateway: str) -> float | None:
 
 
 def heal_routes(lab_name: str, ns: str) -> list[Action]:
-    """After a link came back up: the kernel dropped the routes through it, so the routes the
-    kernel really holds replace the snapshot's, and the difference is applied."""
+    """After a link came back up: the kernel dropped the routes through it (and the kernel data
+    plane's own routes), so the routes the kernel really holds replace the snapshot's, and what a
+    link coming up needs is applied: the routes, and the gateway's tunnels made again."""
     with changing(lab_name) as lab:
         with ops.Namespace(ns) as n:
             held = frozenset(Route(ns, dst, via, prohibit) for dst, via, prohibit in n.routes())
-        applied = read_snapshot(lab.directory).with_routes_of(ns, held)
-        actions = [a for a in diff(applied, desired(lab), lab.topology) if isinstance(a, (AddRoute, DelRoute))
-                   and a.route.ns == ns]
+        snapshot = read_snapshot(lab.directory)
+        # the link was down (the kernel says so by the routes it dropped): what a link coming up needs
+        applied = replace(snapshot.with_routes_of(ns, held), links_down=snapshot.links_down | {ns})
+        gateway = next(g.name for g in lab.topology.gateways if g.netns == ns)
+        actions = [a for a in diff(applied, desired(lab), lab.topology)
+                   if getattr(a, "ns", None) == ns or getattr(getattr(a, "route", None), "ns", None) == ns
+                   or getattr(a, "gateway", None) == gateway]
         Executor(lab).run(actions, applied)
         return actions
 

@@ -321,6 +321,7 @@ def diff(applied: LiveState, desired: LiveState, topo: Topology) -> list[Action]
         if applied.paths.get(ns, PathConditions()) != desired.paths.get(ns, PathConditions()):
             actions.append(SetPath(ns, desired.paths.get(ns, PathConditions())))
     new_daemons = desired.gateways.keys() - applied.gateways.keys()
+    came_up = applied.links_down - desired.links_down
     for gw in topo.gateways:
         want = desired.gateways.get(gw.name)
         if want is None:
@@ -340,6 +341,12 @@ def diff(applied: LiveState, desired: LiveState, topo: Topology) -> list[Action]
         if changed or have.secrets != want.secrets:
             actions.append(Load(gw.name, tuple((c, want.conns[c]) for c in changed), want.secrets))
         by_conn = {t.conn_id: t for t in gw.tunnels}
+        if gw.netns in came_up and gw.name not in new_daemons:
+            # the link took the daemon's own routes (the kernel data plane's, in table 220) with it:
+            # the tunnels are made again, from this side, like those of a restarted daemon
+            again = [c for c in want.conns if c not in changed and by_conn[c].shared_key is not None]
+            actions += [Terminate(gw.name, c) for c in again]
+            changed = changed + again
         for conn in changed:
             t = by_conn[conn]
             peer = topo.peer_gateway(t)

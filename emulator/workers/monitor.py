@@ -26,6 +26,7 @@ from pathlib import Path
 from emulator import gateways
 from netns import ops
 from emulator.lab import LINKS_DOWN, heal_gateway, heal_routes, record_event
+from emulator.reconcile import AddRoute, Initiate
 
 EVENT_STATE_CHANGE = 23401
 EVENT_RESTART = 23402
@@ -207,8 +208,10 @@ def _link_changed(lab_dir: Path, gateway: str, ns: str, down: set[str]) -> None:
     if is_up:
         down.discard(gateway)
         try:
-            restored = heal_routes(lab_dir.name, ns)
-            what = f"{len(restored)} route(s) through it put back"
+            done = heal_routes(lab_dir.name, ns)
+            routes = sum(isinstance(a, AddRoute) for a in done)
+            tunnels = sum(isinstance(a, Initiate) for a in done)
+            what = f"{routes} route(s) through it put back, {tunnels} tunnel(s) initiated again"
         except Exception as exc:  # noqa: BLE001 - said in the event; the next link change tries again
             what = f"its routes could not be put back: {exc}"
         message = f"The backbone link of {gateway} came back up; {what}."

@@ -54,6 +54,7 @@ def test_link_flap_routes_come_back_and_status_tells_the_truth(lab, dataplane):
     assert "203.0.113.0/24 via 203.0.113.0 dev bb" in routes
     link_events = [e for e in _events(lab, name) if e["id"] == 23404]
     assert [e["to"] for e in link_events] == ["down", "up"] and "route(s) through it put back" in link_events[1]["message"]
+    assert "1 tunnel(s) initiated again" in link_events[1]["message"]
     deadline = time.monotonic() + 10
     while lab.status(name)[("TestVNet1", "VNet4Local")]["connectivity_state"] != "Connected":
         assert time.monotonic() < deadline
@@ -76,7 +77,7 @@ def test_rekeys_lose_nothing_and_counters_stay_cumulative(lab, dataplane):
     # 84-byte echo packets: every one counted once, across every rekey (a counter restarting at a rekey
     # would show a quarter of it); ping's own tally may miss the one packet in flight at its deadline
     for key in ("EgressBytesTransferred", "IngressBytesTransferred"):
-        assert 84 * got <= conn[key] <= 84 * (sent + 2), (key, conn[key], sent)
+        assert 84 * (got - 2) <= conn[key] <= 84 * (sent + 2), (key, conn[key], sent)
     print(f"{dataplane}: {sent} pings, 0 lost, {len(child)} CHILD_SA and {len(ike)} IKE_SA rekeys")
 
 

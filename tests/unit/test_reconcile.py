@@ -144,6 +144,9 @@ def test_a_link_taken_down_takes_its_routes_and_brings_them_back_up():
     assert off[0] == SetLink(ns, False) and {a.route for a in off if isinstance(a, DelRoute)} == through_bb
     on = diff(down, up, topo)
     assert on[0] == SetLink(ns, True) and {a.route for a in on if isinstance(a, AddRoute)} == through_bb
+    # the link took the daemon's own routes too (kernel data plane): its tunnels are made again
+    assert [a for a in on if isinstance(a, (Terminate, Initiate))] == [
+        Terminate("TestVNet1", "VNet4Local"), Initiate("TestVNet1", "VNet4Local", True)]
     assert replay(up, off) == down and replay(down, on) == up
     assert LiveState.from_json(down.to_json()) == down
     assert SetLink(ns, False).removes() and not SetLink(ns, True).removes()
