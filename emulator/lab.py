@@ -1,4 +1,5 @@
-"""The running lab: up, status, exec, down. The only module with side effects on the host.
+"""The running lab: up, status, exec, down. With executor.py (which runs every live change the
+reconciler plans) and impair.py, the only modules with side effects on the host.
 
 A lab lives in its state directory (`/run/vnetlab/<lab>`, mode 0700; VNETLAB_STATE_DIR moves
 it): the plan it was built from (with its keys, mode 0600), `lab.json` (data plane, when),
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -68,8 +69,7 @@ class Changes:
             return Changes()
         return Changes(data["keys"], data["gateway_ips"], frozenset(data["disconnected"]),
                        frozenset(data.get("links_down", [])),
-                       {g: PathConditions(p["mtu"], p["loss"], p["delay_ms"], p["jitter_ms"], frozenset(p["block"]))
-                        for g, p in data.get("paths", {}).items()})
+                       {g: PathConditions.from_json(p) for g, p in data.get("paths", {}).items()})
 
     @staticmethod
     def ref(vnet: str, site: str) -> str:
@@ -81,8 +81,7 @@ class Changes:
         write_private(tmp, json.dumps({"keys": self.keys, "gateway_ips": self.gateway_ips,
                                         "disconnected": sorted(self.disconnected),
                                         "links_down": sorted(self.links_down),
-                                        "paths": {g: {**asdict(p), "block": sorted(p.block)}
-                                                  for g, p in self.paths.items()}}))
+                                        "paths": {g: p.to_json() for g, p in self.paths.items()}}))
         os.replace(tmp, directory / CHANGES)
 
     def apply(self, plan: Plan) -> Plan:

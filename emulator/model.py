@@ -101,6 +101,14 @@ class PathConditions:
     jitter_ms: int = 0
     block: frozenset[str] = frozenset()  # of BLOCKABLE
 
+    def to_json(self) -> dict:
+        return {"mtu": self.mtu, "loss": self.loss, "delay_ms": self.delay_ms, "jitter_ms": self.jitter_ms,
+                "block": sorted(self.block)}
+
+    @staticmethod
+    def from_json(data: dict) -> "PathConditions":
+        return PathConditions(data["mtu"], data["loss"], data["delay_ms"], data["jitter_ms"], frozenset(data["block"]))
+
     def describe(self) -> str:
         parts = ([f"mtu {self.mtu}"] if self.mtu else []) + ([f"loss {self.loss:g}%"] if self.loss else []) + (
             [f"delay {self.delay_ms} ms" + (f" ± {self.jitter_ms} ms" if self.jitter_ms else "")]

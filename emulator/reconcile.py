@@ -42,8 +42,7 @@ class LiveState:
             "gateways": {n: {"conns": dict(sorted(g.conns.items())), "secrets": g.secrets}
                          for n, g in sorted(self.gateways.items())},
             "links_down": sorted(self.links_down),
-            "paths": {ns: {"mtu": p.mtu, "loss": p.loss, "delay_ms": p.delay_ms, "jitter_ms": p.jitter_ms,
-                           "block": sorted(p.block)} for ns, p in sorted(self.paths.items())}}, indent=1)
+            "paths": {ns: p.to_json() for ns, p in sorted(self.paths.items())}}, indent=1)
 
     @staticmethod
     def from_json(text: str) -> "LiveState":
@@ -54,8 +53,7 @@ class LiveState:
             data["rates"],
             {n: GatewayState(g["conns"], g["secrets"]) for n, g in data["gateways"].items()},
             frozenset(data.get("links_down", [])),
-            {ns: PathConditions(p["mtu"], p["loss"], p["delay_ms"], p["jitter_ms"], frozenset(p["block"]))
-             for ns, p in data.get("paths", {}).items()})
+            {ns: PathConditions.from_json(p) for ns, p in data.get("paths", {}).items()})
 
     def without_gateway(self, name: str) -> "LiveState":
         """What runs once a gateway's daemon is gone: it holds nothing any more."""

@@ -150,3 +150,14 @@ def test_a_link_taken_down_takes_its_routes_and_brings_them_back_up():
     assert replay(up, off) == down and replay(down, on) == up
     assert LiveState.from_json(down.to_json()) == down
     assert SetLink(ns, False).removes() and not SetLink(ns, True).removes()
+
+
+def test_recorded_changes_survive_their_file(tmp_path):
+    from emulator.model import PathConditions
+
+    changes = Changes(keys={"TestVNet1/VNet4Local": "Other9"}, gateway_ips={"VNet4Local": "auto"},
+                      disconnected=frozenset({"TestVNet4/VNet1Local"}), links_down=frozenset({"TestVNet1"}),
+                      paths={"TestVNet1": PathConditions(mtu=1400, loss=2.5, block=frozenset({"esp", "ike"}))})
+    changes.write(tmp_path)
+    assert Changes.read(tmp_path) == changes
+    assert oct((tmp_path / "changes.json").stat().st_mode & 0o777) == "0o600"
