@@ -29,6 +29,7 @@ from .render import render_gateway, write_private, write_rendered
 from .swanconf import read_gateway_config
 
 SNAPSHOT = "applied.json"
+NETLINK = (SetLink, DelRoute, AddRoute, SetRate, SetPath)  # consecutive phases, run in one namespace socket
 ACTIONS_LOG = "actions.jsonl"
 
 
@@ -63,7 +64,8 @@ class Executor:
 
     def run(self, actions: list[Action], state: LiveState) -> LiveState:
         self._check_alive(actions, state)
-        for _phase, group in groupby(actions, key=lambda a: a.phase):
+        # the netlink phases run as one batch: one socket per namespace for its links, routes and caps
+        for _phase, group in groupby(actions, key=lambda a: -1 if isinstance(a, NETLINK) else a.phase):
             batch = list(group)
             ahead = state
             for a in batch:
@@ -102,7 +104,7 @@ class Executor:
             lanes.setdefault(_lane(a), []).append(a)
 
         def run_lane(lane: list[Action]) -> None:
-            if isinstance(lane[0], (AddRoute, DelRoute, SetRate, SetLink, SetPath)):
+            if isinstance(lane[0], NETLINK):
                 with ops.Namespace(_lane(lane[0])) as n:
                     for a in lane:
                         self._step(a, lambda a=a: _netlink(n, a))

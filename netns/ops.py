@@ -45,6 +45,12 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def signals_unblocked() -> None:
+    """As a Popen preexec_fn inside signals_held(): the child must not inherit the held signals
+    (a worker that ignores SIGTERM makes `down` wait for its SIGKILL)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
 def create(name: str) -> None:
     with signals_held():
         netns.create(name)

@@ -23,10 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from emulator import gateways
-from netns import ops
-from emulator.lab import LINKS_DOWN, heal_gateway, heal_routes, record_event
-from emulator.reconcile import AddRoute, Initiate
+from emulator import gateways  # vici only: the heavier modules (pyroute2) load after "ready"
 
 EVENT_STATE_CHANGE = 23401
 EVENT_RESTART = 23402
@@ -47,6 +44,8 @@ class Recorder:
         self.state: dict[tuple[str, str], str] = {}
 
     def write(self, gateway: str, conn: str, event_id: int, message: str, **fields) -> None:
+        from emulator.lab import record_event
+
         record_event(self.lab_dir, {"gateway": gateway, "local_site": conn, "id": event_id, **fields,
                                     "message": message})
 
@@ -138,6 +137,8 @@ def _record(gateway: str, kind: str, msg: dict, recorder: Recorder) -> None:
 
 
 def _restart(gateway: str, directory: Path, recorder: Recorder) -> None:
+    from emulator.lab import heal_gateway
+
     try:
         seconds = heal_gateway(directory.parent.name, gateway)
     except Exception as exc:  # noqa: BLE001 - the supervisor reports any failure as an event, and goes on
@@ -168,16 +169,20 @@ def _conns(lab_name: str, gateway: str) -> list[str]:
         return [""]
 
 
-def watch_links(lab_dir: Path, gateways_ns: dict[str, str], ready: threading.Barrier) -> None:
+def watch_links(lab_dir: Path, gateways_ns: dict[str, str]) -> None:
     """Link events of each gateway's namespace (netlink, RTMGRP_LINK). When a backbone link goes
-    down, the kernel drops the routes through it; when it comes back, they are put back."""
+    down, the kernel drops the routes through it; when it comes back, they are put back. Not part
+    of "ready": it loads pyroute2 (0.3 s), and `up` need not wait for that."""
+    from netns import ops
+
     socks: dict[int, tuple[socket.socket, str, str]] = {}
     for gateway, ns in gateways_ns.items():
         sock = ops.inside(ns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE))
         sock.bind((0, RTMGRP_LINK))
         socks[sock.fileno()] = (sock, gateway, ns)
-    ready.wait()
     down: set[str] = set()
+    for gateway, ns in gateways_ns.items():  # listed, then watched: a link that went down meanwhile counts
+        _link_changed(lab_dir, gateway, ns, down)
     poller = select.poll()
     for fd in socks:
         poller.register(fd, select.POLLIN)
@@ -198,6 +203,10 @@ def watch_links(lab_dir: Path, gateways_ns: dict[str, str], ready: threading.Bar
 
 
 def _link_changed(lab_dir: Path, gateway: str, ns: str, down: set[str]) -> None:
+    from emulator.lab import heal_routes, record_event
+    from emulator.reconcile import AddRoute, Initiate
+    from netns import ops
+
     try:
         with ops.Namespace(ns) as n:
             is_up = n.link_up("bb")
@@ -224,6 +233,8 @@ def _link_changed(lab_dir: Path, gateway: str, ns: str, down: set[str]) -> None:
 
 
 def _write_links_down(lab_dir: Path, down: set[str]) -> None:
+    from emulator.lab import LINKS_DOWN
+
     tmp = lab_dir / f".{LINKS_DOWN}.{os.getpid()}"
     tmp.write_text(json.dumps(sorted(down)))
     os.replace(tmp, lab_dir / LINKS_DOWN)
@@ -233,10 +244,10 @@ def main() -> None:
     lab_dir = Path(sys.argv[1])
     specs = [arg.split("=", 2) for arg in sys.argv[2:]]
     recorder = Recorder(lab_dir)
-    ready = threading.Barrier(len(specs) + 2)
+    ready = threading.Barrier(len(specs) + 1)
     threads = [threading.Thread(target=listen, args=(name, Path(d), recorder, ready), daemon=True)
                for name, _ns, d in specs]
-    threads.append(threading.Thread(target=watch_links, args=(lab_dir, {n: ns for n, ns, _d in specs}, ready),
+    threads.append(threading.Thread(target=watch_links, args=(lab_dir, {n: ns for n, ns, _d in specs}),
                                     daemon=True))
     for t in threads:
         t.start()
