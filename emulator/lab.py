@@ -95,8 +95,19 @@ class Changes:
         return plan
 
 
+STATE_ENV = "VNETLAB_STATE_DIR"
+
+
 def state_base() -> Path:
-    return Path(os.environ.get("VNETLAB_STATE_DIR", "/run/vnetlab"))
+    """Where labs keep their state: /run/vnetlab, or $VNETLAB_STATE_DIR, which must be an absolute
+    path (an empty or relative one would make the current directory the state base)."""
+    given = os.environ.get(STATE_ENV)
+    if given is None:
+        return Path("/run/vnetlab")
+    if not given.startswith("/"):
+        raise UsageError(f"${STATE_ENV} is {given!r}: give an absolute directory for the labs' state, "
+                         "or unset it (default /run/vnetlab)")
+    return Path(given)
 
 
 def require_root() -> None:
@@ -259,8 +270,7 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
         raise EnvironmentProblem(f"network namespace {taken[0]} already exists and is not this lab's; "
                                  "choose another --name")
     state_base().mkdir(mode=0o700, parents=True, exist_ok=True)
-    directory.mkdir(mode=0o700)
-    registry = Registry(directory)
+    registry = Registry.create(directory)
     interrupts = _Interrupts()
     try:
         write_private(directory / PLAN_COPY, text)
@@ -541,9 +551,10 @@ def remove(registry: Registry) -> list[str]:
 
 
 def list_labs_any() -> list[str]:
-    """Labs with a state directory, including ones whose 'up' was killed before writing lab.json."""
+    """Labs with a state directory, including ones whose 'up' was killed before writing lab.json;
+    a directory vnetlab did not make is no lab."""
     base = state_base()
-    return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and Registry.owns(p)) if base.is_dir() else []
 
 
 def _only_lab(labs: list[str]) -> str:
@@ -553,7 +564,7 @@ def _only_lab(labs: list[str]) -> str:
 def _remove_base_if_empty() -> None:
     """The state base goes when its last lab goes (with a stale current-lab pointer)."""
     base = state_base()
-    if base.is_dir() and not any(p.is_dir() for p in base.iterdir()):
+    if base.is_dir() and not any(p.is_dir() and Registry.owns(p) for p in base.iterdir()):
         (base / CURRENT).unlink(missing_ok=True)
     try:
         base.rmdir()

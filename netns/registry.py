@@ -24,6 +24,7 @@ from pathlib import Path
 from . import ops
 
 JOURNAL = "resources.jsonl"
+MARKER = ".vnetlab-lab"  # written the moment a lab's directory is made: only such a directory is ever removed
 PR_SET_PDEATHSIG = 1
 
 
@@ -78,6 +79,18 @@ def pids_in_netns(name: str) -> list[int]:
 class Registry:
     directory: Path
 
+    @staticmethod
+    def create(directory: Path) -> "Registry":
+        """A new lab directory (mode 0700; it must not exist), marked as vnetlab's at once."""
+        directory.mkdir(mode=0o700)
+        (directory / MARKER).touch(mode=0o600)
+        return Registry(directory)
+
+    @staticmethod
+    def owns(directory: Path) -> bool:
+        """Whether vnetlab made this directory (its marker, or a journal of earlier versions)."""
+        return (directory / MARKER).exists() or (directory / JOURNAL).exists()
+
     @property
     def journal(self) -> Path:
         return self.directory / JOURNAL
@@ -107,7 +120,10 @@ class Registry:
                and e.get("start") is not None and start_ticks(e["pid"]) == e["start"]}, grace)
 
     def teardown(self, grace: float = 1.0) -> list[str]:
-        """Remove everything journalled; returns what could not be removed (empty when clean)."""
+        """Remove everything journalled; returns what could not be removed (empty when clean). A
+        directory vnetlab did not make is left alone, whatever it holds."""
+        if not Registry.owns(self.directory):
+            return [f"{self.directory} is not a vnetlab lab directory (no {MARKER}): left alone"]
         entries = self.entries()
         namespaces = [e["name"] for e in entries if e["kind"] == "netns"]
         victims: set[int] = set()

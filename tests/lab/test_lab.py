@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import PLANS
-from tests.lab.conftest import assert_nothing_left, live
+from tests.lab.conftest import VNETLAB, assert_nothing_left, live
 
 DEFAULT = PLANS / "classic-vnet-to-vnet.yaml"
 
@@ -155,6 +155,27 @@ def test_unsupported_dataplane_is_refused_and_leaves_nothing(lab, supported):
     assert res.returncode == 3 and ("cannot carry ESP" in res.stderr or "is missing" in res.stderr)
     assert not (lab.state / "t-nodp").exists()
     assert not Path("/run/netns/t-nodp.backbone").exists()
+
+
+def test_down_all_removes_only_labs_never_another_directory(lab, tmp_path):
+    """`down --all` once removed every directory of the state base, and an empty $VNETLAB_STATE_DIR
+    made that the current directory: a source checkout went, .git included."""
+    work = tmp_path / "checkout"
+    (work / ".git").mkdir(parents=True)
+    (work / "src").mkdir()
+    empty = subprocess.run([str(VNETLAB), "down", "--all"], env={**lab.env, "VNETLAB_STATE_DIR": ""},
+                           cwd=work, capture_output=True, text=True)
+    assert empty.returncode == 2 and "VNETLAB_STATE_DIR" in empty.stderr and "Traceback" not in empty.stderr
+    assert (work / ".git").is_dir() and (work / "src").is_dir()
+    assert lab.cli("up", "--name", "t-mine").returncode == 0
+    stranger = lab.state / "not-a-lab"
+    stranger.mkdir()
+    (stranger / "keep.txt").write_text("mine")
+    res = lab.cli("down", "--all")
+    assert res.returncode == 0 and "t-mine" in res.stdout and "not-a-lab" not in res.stdout
+    assert (stranger / "keep.txt").read_text() == "mine"
+    stranger.joinpath("keep.txt").unlink()
+    stranger.rmdir()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

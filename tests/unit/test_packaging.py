@@ -34,3 +34,14 @@ def test_the_venv_runs_the_installed_package_not_the_checkout(tmp_path):
         f"emulator imported from the checkout, not the installed package: {imported}"
     shipped = subprocess.run([str(vnetlab), "validate"], cwd=tmp_path, capture_output=True, text=True)
     assert shipped.returncode == 0, shipped.stderr  # the default plan is packaged data
+
+
+def test_a_ctrl_c_after_the_command_returned_leaves_its_answer(tmp_path):
+    """A SIGINT that lands while Python shuts down must not turn a finished command into a death by
+    signal (CI saw `up` complete the lab and then die with -SIGINT)."""
+    code = ("import atexit, os, signal, time, emulator.cli, emulator.entry\n"
+            "emulator.cli.main = lambda: 7\n"
+            "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.1)))\n"
+            "raise SystemExit(emulator.entry.run())\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stderr) == (7, "")
