@@ -89,7 +89,7 @@ def choose_gateways(lab: Lab, vnet: str | None, site: str | None) -> list[Gatewa
 
 
 def backbone_iface(lab: Lab, gw: GatewayNode) -> str:
-    return next(v.if_a for v in lab.topology.veths if v.ns_a == lab.topology.backbone and v.ns_b == gw.netns)
+    return lab.topology.backbone_link(gw).if_a
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,7 @@ def nodes(args: argparse.Namespace) -> int:
     topo = lab.topology
     hosts = {h.node: h for h in topo.hosts}
     gws = {g.name: g for g in topo.gateways}
+    nats = {g.nat_ns: g for g in topo.gateways if g.nat_ns}
     rows = []
     for node, ns in topo.nodes:
         if node in hosts:
@@ -107,7 +108,10 @@ def nodes(args: argparse.Namespace) -> int:
         elif node in gws:
             gw = gws[node]
             role = "VNet router and gateway" if gw.kind == "vnet" else "on-premises VPN device"
-            addr = f"{gw.public_ip} (public)"
+            addr = (f"{gw.tunnels[0].local_ip} (behind NAT)" if gw.nat_ns and gw.tunnels
+                    else f"{gw.public_ip} (public)")
+        elif ns in nats:
+            role, addr = f"NAT in front of {nats[ns].name}'s VPN device (masquerade)", f"{nats[ns].public_ip} (public)"
         else:
             role, addr = "backbone router (the emulated Internet)", ""
         rows.append({"node": node, "role": role, "address": addr, "netns": ns})
@@ -141,6 +145,7 @@ def verify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .report import write_junit
+    from .verify import lab_loss, retries_for
     from .verify import verify as run_verify
 
     if args.duration <= 0 or args.duration > 60:
@@ -152,16 +157,22 @@ def verify(args: argparse.Namespace) -> int:
     checks = run_verify(lab, Path(args.pcap) if args.pcap else None, throughput=args.throughput,
                         duration=args.duration)
     passed = all(c.ok for c in checks)
+    loss = lab_loss(lab)
+    retried = sum(1 for c in checks if c.attempts)
     if args.junit:
         write_junit(Path(args.junit), lab.name, checks)
     if args.json:
         print_json({"lab": lab.name, "dataplane": lab.dataplane, "passed": passed,
+                    "retries": {"loss_percent": loss, "max_attempts": retries_for(loss) + 1, "retried_checks": retried},
                     "checks": [c.as_dict() for c in checks]})
     else:
         print(table(["check", "proto", "from", "to", "result", "detail"],
                     [[c.kind + (f" {c.name}" if c.name else ""), c.proto or "", c.src, c.dst, "pass" if c.ok else "FAIL",
                       (f"{c.mbps:.1f} Mbit/s; " if c.mbps is not None else "") + c.detail] for c in checks]))
         failed = [c for c in checks if not c.ok]
+        if loss:
+            print(f"\nloss on the backbone (up to {loss:g}%): every probe without an answer was sent again, up to "
+                  f"{retries_for(loss) + 1} times in all; {retried} reach check(s) needed more than one attempt")
         print(f"\n{len(checks) - len(failed)}/{len(checks)} checks passed"
               + (f"; failed: {', '.join(sorted({c.kind for c in failed}))}" if failed else ""))
     return ExitCode.OK if passed else ExitCode.CHECK_FAILED
@@ -302,6 +313,14 @@ def impair(args: argparse.Namespace) -> int:
     if not args.clear and not fields:
         raise UsageError("give at least one of --mtu, --loss, --delay, --block, or --clear")
     return _changed(run(args.name, args.vnet, args.site, fields, args.clear, args.dry_run), args)
+
+
+def clamp(args: argparse.Namespace) -> int:
+    from .workflow import clamp as run
+
+    if (args.mss is None) == (not args.off):
+        raise UsageError("give --mss N, or --off")
+    return _changed(run(args.name, args.vnet, args.mss, args.dry_run), args)
 
 
 def reset_gateway(args: argparse.Namespace) -> int:

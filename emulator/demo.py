@@ -226,6 +226,115 @@ def _dead_peer(n: Narrator, name: str, ike: int, plan_path: Path) -> None:
     _verify(n, name, True)
 
 
+DEMO_MTU = 1400  # TestVNet4's backbone link in demo mtu
+TCP_SECONDS = 2.0  # each bounded TCP transfer of demo mtu
+
+
+def _tcp_transfer(name: str) -> float:
+    """Mbit/s that a TCP transfer (iperf3, TCP_SECONDS) from TestVNet1/default to TestVNet4/default got across."""
+    from .throughput import MeasurementError, iperf
+    from .verify import Workers
+
+    lab = labmod.open_lab(name)
+    hosts = {h.node: h for h in lab.topology.hosts}
+    workers = Workers(lab)
+    try:
+        return iperf(workers, hosts["TestVNet4/default"].netns, str(hosts["TestVNet4/default"].address),
+                     hosts["TestVNet1/default"].netns, TCP_SECONDS).goodput
+    except MeasurementError:
+        return 0.0
+    finally:
+        workers.stop_all()
+
+
+def _mtu_checks(name: str):
+    """(the mtu checks of both directions, the smallest path MTU found, the reach checks)."""
+    checks = verify(labmod.open_lab(name))
+    mtus = [c for c in checks if c.kind == "mtu"]
+    return mtus, min((c.mtu for c in mtus), default=None), [c for c in checks if c.kind == "reach"]
+
+
+def _mtu(n: Narrator, name: str, ike: int, plan_path: Path) -> None:
+    """A small MTU on one gateway's path, unknown to the other side: packets too large vanish (no
+    ICMP comes back), so TCP stalls while pings pass; clamping the MSS on a gateway fixes it."""
+    data = yaml.safe_load(_variant(default_plan_path(), ike, plan_path).read_text())
+    data["backbone"] = {"TestVNet4": {"mtu": DEMO_MTU}}
+    plan_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    n.say(f"Bring up the walkthrough's two VNets (IKEv{ike}); TestVNet4's link to the backbone carries only "
+          f"{DEMO_MTU}-byte packets, and nothing on the path says so", f"backbone: {{TestVNet4: {{mtu: {DEMO_MTU}}}}}")
+    labmod.up(str(plan_path), name, "auto", 20, False)
+    states = _wait_for(name, lambda s: all(x.connectivity_state == "Connected" for x in s.values()))
+    n.observe("both connections Connected (IKE's packets are small)",
+              all(x.connectivity_state == "Connected" for x in states.values()), _show(states))
+
+    n.say("Send data over TCP from TestVNet1/default to TestVNet4/default (iperf3)")
+    rate = _tcp_transfer(name)
+    n.observe("the transfer stalls: full-size segments vanish and no ICMP tells the sender", rate < 1.0,
+              f"{rate:.2f} Mbit/s")
+
+    n.say("Verify: small probes cross; the path MTU search finds the black hole")
+    mtus, smallest, reach = _mtu_checks(name)
+    hole = next((c for c in mtus if not c.ok), None)
+    n.observe(f"every reach probe answered; path MTU below {DEMO_MTU} by the ESP overhead; larger packets lost "
+              "without ICMP, and TCP's MSS does not fit: a TCP black hole",
+              all(c.ok for c in reach) and len(mtus) == 2 and smallest is not None
+              and 40 <= DEMO_MTU - smallest <= 100 and hole is not None and (hole.mss or 1460) + 40 > smallest,
+              f"{sum(c.ok for c in reach)}/{len(reach)} reach; " + " | ".join(f"{c.src} -> {c.dst}: {c.detail}"
+                                                                             for c in mtus))
+
+    clamp = (smallest or DEMO_MTU) - 40
+    n.say(f"Clamp the TCP MSS on TestVNet1's gateway at the path MTU - 40 = {clamp} (Azure asks 1350, which "
+          "fits a path that carries 1500-byte packets; this one carries less)",
+          f"vnetlab clamp --vnet TestVNet1 --mss {clamp}")
+    workflow.clamp(name, "TestVNet1", clamp)
+    mtus, _, _ = _mtu_checks(name)
+    n.observe(f"the handshakes' MSS becomes {clamp} both ways, and the mtu checks pass",
+              len(mtus) == 2 and all(c.ok and c.mss == clamp for c in mtus), " | ".join(c.detail for c in mtus))
+    n.say("Send data over TCP again")
+    rate = _tcp_transfer(name)
+    n.observe("the transfer runs", rate >= 1.0, f"{rate:.1f} Mbit/s")
+
+
+def _nat(n: Narrator, name: str, ike: int, plan_path: Path) -> None:
+    """An on-premises VPN device behind a masquerading NAT: IKE detects it and moves to UDP 4500,
+    and only the NAT's public address, in UDP 4500, appears on the backbone."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.utils import rdpcap
+
+    data = yaml.safe_load(_variant(configs_dir() / "plans" / "vnet-to-vnet-plus-onprem.yaml", ike,
+                                   plan_path).read_text())
+    data["local_sites"]["HQ"]["behind_nat"] = True
+    plan_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    n.say(f"Bring up TestVNet1, TestVNet4 and the on-premises site HQ (IKEv{ike}); HQ's VPN device sits behind a "
+          "NAT that masquerades it, as in a branch office", "local_sites: {HQ: {behind_nat: true}}")
+    labmod.up(str(plan_path), name, "auto", 20, False)
+    states = _wait_for(name, lambda s: all(x.connectivity_state == "Connected" for x in s.values()))
+    n.observe("every connection Connected (HQ's device initiates: the NAT lets nobody in first)",
+              all(x.connectivity_state == "Connected" for x in states.values()), _show(states))
+    lab = labmod.open_lab(name)
+    device = lab.topology.gateway("HQ")
+    n.say("Ask each side what IKE's NAT detection found", "Get-AzureVNetConnection -VNetName TestVNet1")
+    azure_side, hq_side = states[("TestVNet1", "HQ")], states[("HQ", "HQ")]
+    n.observe("TestVNet1: the peer is behind a NAT; HQ: this side is behind a NAT",
+              (azure_side.nat_traversal or "").startswith("the peer is behind a NAT")
+              and (hq_side.nat_traversal or "").startswith("this side is behind a NAT"),
+              f"TestVNet1: {azure_side.nat_traversal}; HQ: {hq_side.nat_traversal}")
+
+    n.say("Verify, capturing the backbone: what crosses HQ's link?")
+    pcaps = plan_path.parent / "pcap"
+    checks = verify(lab, pcaps)
+    bb_side = lab.topology.backbone_link(device).addr_a.ip
+    seen = [p[IP] for p in rdpcap(str(pcaps / "HQ.pcap")) if IP in p and str(bb_side) not in (p[IP].src, p[IP].dst)]
+    public, inside = str(device.public_ip), str(device.tunnels[0].local_ip)
+    natt = [p for p in seen if UDP in p and p[UDP].sport == p[UDP].dport == 4500]
+    n.observe(f"every check passes; on HQ's link only UDP 4500 to and from the NAT's address {public}, never the "
+              f"device's own {inside}",
+              all(c.ok for c in checks) and bool(natt) and len(natt) == len(seen)
+              and all(public in (p.src, p.dst) and inside not in (p.src, p.dst) for p in seen),
+              f"{sum(c.ok for c in checks)}/{len(checks)} checks passed; {len(seen)} packets on HQ's link, {len(natt)} "
+              f"of them UDP 4500<->4500; addresses: {', '.join(sorted({p.src for p in seen} | {p.dst for p in seen}))}")
+
+
 def run(scenario: str, name: str, ike: int) -> int:
     import tempfile
 
@@ -249,4 +358,5 @@ def run(scenario: str, name: str, ike: int) -> int:
     return ExitCode.OK
 
 
-SCENARIOS = {"psk-mismatch": _psk_mismatch, "walkthrough": _walkthrough, "dead-peer": _dead_peer}
+SCENARIOS = {"psk-mismatch": _psk_mismatch, "walkthrough": _walkthrough, "dead-peer": _dead_peer, "mtu": _mtu,
+             "nat": _nat}

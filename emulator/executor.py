@@ -23,13 +23,13 @@ from netns import ops
 from netns.registry import Registry
 
 from . import gateways, impair
-from .reconcile import (Action, AddRoute, DelRoute, Initiate, LiveState, Load, SetLink, SetPath, SetRate, StartDaemon,
-                        StopDaemon, Terminate, Unload, WriteConfig)
+from .reconcile import (Action, AddRoute, DelRoute, Initiate, LiveState, Load, SetClamp, SetLink, SetPath, SetRate,
+                        StartDaemon, StopDaemon, Terminate, Unload, WriteConfig)
 from .render import render_gateway, write_private, write_rendered
 from .swanconf import read_gateway_config
 
 SNAPSHOT = "applied.json"
-NETLINK = (SetLink, DelRoute, AddRoute, SetRate, SetPath)  # consecutive phases, run in one namespace socket
+NETLINK = (SetLink, DelRoute, AddRoute, SetRate, SetPath, SetClamp)  # consecutive phases, run in one namespace socket
 ACTIONS_LOG = "actions.jsonl"
 
 
@@ -63,7 +63,7 @@ class Executor:
         self.initiate_ms = int(initiate_timeout * 1000)
 
     def run(self, actions: list[Action], state: LiveState) -> LiveState:
-        self._check_alive(actions, state)
+        self._preflight(actions, state)
         # the netlink phases run as one batch: one socket per namespace for its links, routes and caps
         for _phase, group in groupby(actions, key=lambda a: -1 if isinstance(a, NETLINK) else a.phase):
             batch = list(group)
@@ -83,7 +83,7 @@ class Executor:
                 self.checkpoint()
         return state
 
-    def _check_alive(self, actions: list[Action], state: LiveState) -> None:
+    def _preflight(self, actions: list[Action], state: LiveState) -> None:
         """Every daemon an action will talk to answers, and the kernel can do every path condition
         asked for, before anything changes (exit 3)."""
         for a in actions:
@@ -101,16 +101,16 @@ class Executor:
     def _run_batch(self, batch: list[Action], done: list[Action]) -> None:
         lanes: dict[str, list[Action]] = {}
         for a in batch:
-            lanes.setdefault(_lane(a), []).append(a)
+            lanes.setdefault(lane(a), []).append(a)
 
-        def run_lane(lane: list[Action]) -> None:
-            if isinstance(lane[0], NETLINK):
-                with ops.Namespace(_lane(lane[0])) as n:
-                    for a in lane:
+        def run_lane(actions: list[Action]) -> None:
+            if isinstance(actions[0], NETLINK):
+                with ops.Namespace(lane(actions[0])) as n:
+                    for a in actions:
                         self._step(a, lambda a=a: _netlink(n, a))
                         done.append(a)
             else:
-                for a in lane:
+                for a in actions:
                     self._step(a, lambda a=a: self._gateway_action(a))
                     done.append(a)
 
@@ -118,7 +118,7 @@ class Executor:
             run_lane(next(iter(lanes.values())))
             return
         with ThreadPoolExecutor(max_workers=min(16, len(lanes))) as pool:
-            for future in [pool.submit(run_lane, lane) for lane in lanes.values()]:
+            for future in [pool.submit(run_lane, actions) for actions in lanes.values()]:
                 future.result()
 
     def _step(self, a: Action, run: Callable[[], None]) -> None:
@@ -167,11 +167,11 @@ class Executor:
                 gateways.initiate_in_background(directory, a.conn, children)
 
 
-def _lane(a: Action) -> str:
+def lane(a: Action) -> str:
     """Actions on one lane run in order; lanes run in parallel."""
     if isinstance(a, (AddRoute, DelRoute)):
         return a.route.ns
-    if isinstance(a, (SetRate, SetLink, SetPath)):
+    if isinstance(a, (SetRate, SetLink, SetPath, SetClamp)):
         return a.ns
     return a.gateway
 
@@ -185,6 +185,8 @@ def _netlink(n: ops.Namespace, a: Action) -> None:
         n.set_state("bb", a.up)
     elif isinstance(a, SetPath):
         impair.apply(n, a.conditions)
+    elif isinstance(a, SetClamp):
+        impair.clamp(n, a.mss)
     elif isinstance(a, SetRate):
         if a.mbps:
             n.limit_rate("bb", a.mbps)

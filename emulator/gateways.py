@@ -189,6 +189,9 @@ class SaState:
     established_seconds_ago: int | None
     ike_version: int | None
     encryption: str | None
+    # IKE's NAT detection found this side's own address changed on the way (nat-local). Its
+    # nat-remote is no proof of a NAT: kernel-libipsec fakes NAT detection to force UDP encapsulation.
+    behind_nat: bool = False
 
 
 def _text(value: Any) -> str:
@@ -220,6 +223,7 @@ def list_sas(directory: Path) -> dict[str, SaState]:
                     ike_version=int(_text(ike.get("version", "0"))) or None,
                     encryption=(f"{_text(installed[0].get('encr-alg'))}-{_text(installed[0].get('encr-keysize'))}"
                                 if installed and "encr-alg" in installed[0] else None),
+                    behind_nat=_text(ike.get("nat-local", "")) == "yes",
                 )
                 old = result.get(conn)
                 if old is None or (state.child_installed and not old.child_installed):

@@ -1,7 +1,13 @@
 """Path conditions on a gateway's backbone link, as the kernel does them: the MTU by netlink, loss
 and a firewall's drops by nftables (in the gateway's own namespace, so `down` takes them with it).
 Delay and jitter need the kernel's netem, which not every kernel has: asked for where it is
-missing, they are refused before anything changes (exit 3)."""
+missing, they are refused before anything changes (exit 3). Also the remedy Azure asks of VPN
+devices for a small path MTU, clamping the MSS of the TCP handshakes the gateway forwards, and
+the masquerade of a NAT in front of an on-premises device.
+
+A smaller MTU on a gateway's link is not known to the backbone's end of it: a packet too large
+for it vanishes without an ICMP "fragmentation needed", the black hole of a path whose ICMP is
+filtered. What the gateway itself sends, it knows to fit (fragmenting, or telling the sender)."""
 
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ from .model import PathConditions
 from .problems import EnvironmentProblem
 
 TABLE = "vnetlab_path"
+CLAMP_TABLE = "vnetlab_mss"
+NAT_TABLE = "vnetlab_nat"
 DEFAULT_MTU = 1500
 MATCHES = {"ike": ("udp sport 500", "udp dport 500"), "natt": ("udp sport 4500", "udp dport 4500"),
            "esp": ("meta l4proto esp",)}
@@ -35,6 +43,22 @@ def nft_script(c: PathConditions, ifname: str = "bb") -> str:
             lines.append("  }")
         lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def clamp_script(mss: int | None) -> str:
+    """One transaction: every TCP SYN the gateway forwards, either way, leaves with an MSS of at most `mss`."""
+    lines = [f"table inet {CLAMP_TABLE}", f"delete table inet {CLAMP_TABLE}"]
+    if mss:
+        rule = f"tcp flags & syn == syn tcp option maxseg size > {mss} tcp option maxseg size set {mss}"
+        lines += [f"table inet {CLAMP_TABLE} {{", "  chain forward {",
+                  "    type filter hook forward priority mangle; policy accept;", f"    {rule}", "  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def masquerade(ns: str, ifname: str = "bb") -> None:
+    """A NAT router: what leaves on its backbone link leaves from its own (public) address."""
+    _nft(ns, f"table ip {NAT_TABLE} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; "
+             f"policy accept;\n    oifname \"{ifname}\" masquerade\n  }}\n}}\n", "the NAT")
 
 
 def require_support(c: PathConditions) -> None:
@@ -59,8 +83,15 @@ def netem_available() -> bool:
 
 def apply(n: ops.Namespace, c: PathConditions, ifname: str = "bb") -> None:
     n.set_mtu(ifname, c.mtu or DEFAULT_MTU)
-    res = subprocess.run(["ip", "netns", "exec", n.name, "nft", "-f", "-"], input=nft_script(c, ifname),
-                         capture_output=True, text=True)
+    _nft(n.name, nft_script(c, ifname), "the path conditions")
+
+
+def clamp(n: ops.Namespace, mss: int | None) -> None:
+    _nft(n.name, clamp_script(mss), "the TCP MSS clamp")
+
+
+def _nft(ns: str, script: str, what: str) -> None:
+    res = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script, capture_output=True, text=True)
     if res.returncode != 0:
-        raise EnvironmentProblem(f"nftables refused the path conditions in {n.name}: {res.stderr.strip()[-300:]} "
+        raise EnvironmentProblem(f"nftables refused {what} in {ns}: {res.stderr.strip()[-300:]} "
                                  "(is the nftables package installed? scripts/install.sh installs it)")

@@ -34,7 +34,7 @@ from .model import PathConditions, Plan, SharedKey
 from .problems import EnvironmentProblem, Problem, UsageError
 from .keylog import KEY_PIPE
 from .render import write_private
-from .executor import Executor, read_snapshot
+from .executor import Executor, lane, read_snapshot
 from .reconcile import Action, Initiate, LiveState, desired_state, diff
 from .topology import GatewayNode, Route, Topology, build_topology
 
@@ -60,6 +60,7 @@ class Changes:
     disconnected: frozenset[str] = frozenset()
     links_down: frozenset[str] = frozenset()  # gateways whose backbone link `vnetlab link down` took down
     paths: dict[str, PathConditions] = field(default_factory=dict)  # gateway -> `vnetlab impair`'s conditions
+    clamps: dict[str, int | None] = field(default_factory=dict)  # VNet -> `vnetlab clamp`'s MSS (None: off)
 
     @staticmethod
     def read(directory: Path) -> "Changes":
@@ -69,7 +70,8 @@ class Changes:
             return Changes()
         return Changes(data["keys"], data["gateway_ips"], frozenset(data["disconnected"]),
                        frozenset(data.get("links_down", [])),
-                       {g: PathConditions.from_json(p) for g, p in data.get("paths", {}).items()})
+                       {g: PathConditions.from_json(p) for g, p in data.get("paths", {}).items()},
+                       data.get("clamps", {}))
 
     @staticmethod
     def ref(vnet: str, site: str) -> str:
@@ -81,7 +83,8 @@ class Changes:
         write_private(tmp, json.dumps({"keys": self.keys, "gateway_ips": self.gateway_ips,
                                         "disconnected": sorted(self.disconnected),
                                         "links_down": sorted(self.links_down),
-                                        "paths": {g: p.to_json() for g, p in self.paths.items()}}))
+                                        "paths": {g: p.to_json() for g, p in self.paths.items()},
+                                        "clamps": self.clamps}))
         os.replace(tmp, directory / CHANGES)
 
     def apply(self, plan: Plan) -> Plan:
@@ -92,6 +95,8 @@ class Changes:
             plan = plan.with_gateway_ip(site, None if ip == "auto" else IPv4Address(ip))
         for gateway, conditions in self.paths.items():
             plan = plan.with_path(gateway, conditions)
+        for vnet, mss in self.clamps.items():
+            plan = plan.with_clamp(vnet, mss)
         return plan
 
 
@@ -372,6 +377,8 @@ def _build_network(topo: Topology, registry: Registry) -> None:
                 n.up(ifname)
             for ifname, _addr, peer_ip, peer_mac in mine:
                 n.add_neighbour(ifname, peer_ip, peer_mac)
+    for ns in topo.nats:
+        impair.masquerade(ns)
 
 
 def supported_dataplanes() -> list[str]:
@@ -473,9 +480,7 @@ def heal_routes(lab_name: str, ns: str) -> list[Action]:
         # the link was down (the kernel says so by the routes it dropped): what a link coming up needs
         applied = replace(snapshot.with_routes_of(ns, held), links_down=snapshot.links_down | {ns})
         gateway = next(g.name for g in lab.topology.gateways if g.netns == ns)
-        actions = [a for a in diff(applied, desired(lab), lab.topology)
-                   if getattr(a, "ns", None) == ns or getattr(getattr(a, "route", None), "ns", None) == ns
-                   or getattr(a, "gateway", None) == gateway]
+        actions = [a for a in diff(applied, desired(lab), lab.topology) if lane(a) in (ns, gateway)]
         Executor(lab).run(actions, applied)
         return actions
 

@@ -59,6 +59,7 @@ class SharedKey:
 class Gateway:
     type: GatewayType = GatewayType.DYNAMIC
     sku: Sku = Sku.STANDARD
+    tcp_mss_clamp: int | None = None  # the MSS its forwarded TCP handshakes are clamped to (Azure asks 1350)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class LocalSite:
     name: str
     address_space: tuple[IPv4Network, ...]
     gateway_ip: IPv4Address | None = None  # None means 'auto'
+    behind_nat: bool = False  # its VPN device sits behind a NAT (masquerade): NAT-T happens
 
 
 DPD_TIMEOUT = 45  # Azure's default dead-peer-detection timeout
@@ -110,6 +112,8 @@ class PathConditions:
         return PathConditions(data["mtu"], data["loss"], data["delay_ms"], data["jitter_ms"], frozenset(data["block"]))
 
     def describe(self) -> str:
+        if self.mtu == 0:  # reconcile.UNKNOWN_PATH: a change to it was under way when it was recorded
+            return "unknown (a change was interrupted; the next command redoes it)"
         parts = ([f"mtu {self.mtu}"] if self.mtu else []) + ([f"loss {self.loss:g}%"] if self.loss else []) + (
             [f"delay {self.delay_ms} ms" + (f" ± {self.jitter_ms} ms" if self.jitter_ms else "")]
             if self.delay_ms else []) + ([f"blocks {', '.join(sorted(self.block))}"] if self.block else [])
@@ -238,6 +242,10 @@ class Plan:
     def with_key(self, vnet: str, site: str, key: SharedKey | None) -> Plan:
         return replace(self, connections=tuple(replace(c, shared_key=key) if (c.vnet, c.local_site) == (vnet, site)
                                                else c for c in self.connections))
+
+    def with_clamp(self, vnet: str, mss: int | None) -> Plan:
+        return replace(self, vnets=tuple(replace(v, gateway=replace(v.gateway, tcp_mss_clamp=mss))
+                                         if v.name == vnet and v.gateway else v for v in self.vnets))
 
     def with_gateway_ip(self, site: str, ip: IPv4Address | None) -> Plan:
         return replace(self, local_sites=tuple(replace(s, gateway_ip=ip) if s.name == site else s

@@ -193,6 +193,14 @@ def _ipv4(text: str) -> bool:
         return False
 
 
+def lab_only(plan: Plan) -> list[str]:
+    """What the plan sets that netcfg has no place for (the export leaves it out)."""
+    left = [f"backbone path of {g}" for g, _c in plan.backbone]
+    left += [f"behind_nat of {s.name}" for s in plan.local_sites if s.behind_nat]
+    left += [f"tcp_mss_clamp of {v.name}" for v in plan.vnets if v.gateway and v.gateway.tcp_mss_clamp]
+    return left
+
+
 def export_netcfg(plan: Plan) -> str:
     """The plan as netcfg XML. `auto` gateway addresses become the lab's emulated addresses."""
     topo = build_topology(plan)

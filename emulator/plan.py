@@ -61,8 +61,9 @@ MTU_RANGE = (576, 9000)
 TEST_KEYS = {"name", "from", "to", "proto", "port", "expect", "during"}
 DURING_KEYS = {"disconnect"}
 VNET_KEYS = {"location", "resource_group", "address_space", "subnets", "gateway_subnet", "gateway", "dns_servers"}
-GATEWAY_KEYS = {"type", "sku"}
-SITE_KEYS = {"address_space", "gateway_ip"}
+GATEWAY_KEYS = {"type", "sku", "tcp_mss_clamp"}
+MSS_RANGE = (536, 1460)  # IPv4's minimum MSS, and what a 1500-byte link allows
+SITE_KEYS = {"address_space", "gateway_ip", "behind_nat"}
 CONN_KEYS = {"vnet", "local_site", "shared_key", "ike_version", "ipsec"}
 AZURE_MIN_LIFETIME = 300
 IPSEC_KEYS = {"suite", "ike_proposals", "esp_proposals", "ike_lifetime", "child_lifetime", "dpd_delay", "dpd_timeout"}
@@ -226,6 +227,12 @@ class _Parser:
                 self.out.error("plan", f"backbone.{gateway}", f"{gateway} stands for VNet {stands_for.name}, whose "
                                f"gateway is the device on that path: set it under backbone.{stands_for.name}",
                                top.line_of("backbone"))
+        for site in sites:
+            stands_for = plan.vnet_of_site(site) if site.behind_nat else None
+            if stands_for is not None:
+                self.out.error(f"local_sites.{site.name}", "behind_nat", f"{site.name} stands for VNet "
+                               f"{stands_for.name}, whose gateway has a public address of its own: behind_nat is for "
+                               "an on-premises site's VPN device", top.line_of("local_sites"))
         return plan
 
     def backbone(self, value: Any, line: int | None, vnets: list, sites: list) -> list:
@@ -397,8 +404,10 @@ class _Parser:
                                     {t.value: t for t in GatewayType})
                 skus = {s.value: s for s in Sku} | SKU_ALIASES
                 sku = self.choice(g.get("sku", "Standard"), obj, "gateway.sku", g.line_of("sku"), skus)
-                if gtype and sku:
-                    gateway = Gateway(gtype, sku)
+                clamp = (self.integer(g["tcp_mss_clamp"], obj, "gateway.tcp_mss_clamp", g.line_of("tcp_mss_clamp"),
+                                      *MSS_RANGE) if "tcp_mss_clamp" in g else None)
+                if gtype and sku and (clamp is not None or "tcp_mss_clamp" not in g):
+                    gateway = Gateway(gtype, sku, clamp)
         dns = []
         raw_dns = self.mapping(f.get("dns_servers"), obj, "dns_servers", f.line_of("dns_servers"), None)
         for dname, ip in (raw_dns or {}).items():
@@ -424,7 +433,12 @@ class _Parser:
             ip = self.address(raw_ip, obj, "gateway_ip", f.line_of("gateway_ip"))
             if ip is None:
                 return None
-        return LocalSite(name=name, address_space=space, gateway_ip=ip) if space else None
+        nat = f.get("behind_nat", False)
+        if not isinstance(nat, bool):
+            self.out.error(obj, "behind_nat", f"{_show(nat)} is not valid: give true (its VPN device sits behind a "
+                           "NAT) or false", f.line_of("behind_nat"))
+            return None
+        return LocalSite(name=name, address_space=space, gateway_ip=ip, behind_nat=nat) if space else None
 
     def connections(self, value: Any, line: int | None, gw_types: dict[str, GatewayType]) -> list[Connection]:
         if value is None:

@@ -34,6 +34,7 @@ class LiveState:
     gateways: Mapping[str, GatewayState] = field(default_factory=dict)  # gateways whose daemon runs
     links_down: frozenset[str] = frozenset()  # namespaces whose backbone link is down
     paths: Mapping[str, PathConditions] = field(default_factory=dict)  # namespace -> its backbone link's conditions
+    clamps: Mapping[str, int] = field(default_factory=dict)  # namespace -> MSS its forwarded handshakes get
 
     def to_json(self) -> str:
         return json.dumps({
@@ -42,7 +43,8 @@ class LiveState:
             "gateways": {n: {"conns": dict(sorted(g.conns.items())), "secrets": g.secrets}
                          for n, g in sorted(self.gateways.items())},
             "links_down": sorted(self.links_down),
-            "paths": {ns: p.to_json() for ns, p in sorted(self.paths.items())}}, indent=1)
+            "paths": {ns: p.to_json() for ns, p in sorted(self.paths.items())},
+            "clamps": dict(sorted(self.clamps.items()))}, indent=1)
 
     @staticmethod
     def from_json(text: str) -> "LiveState":
@@ -53,7 +55,8 @@ class LiveState:
             data["rates"],
             {n: GatewayState(g["conns"], g["secrets"]) for n, g in data["gateways"].items()},
             frozenset(data.get("links_down", [])),
-            {ns: PathConditions.from_json(p) for ns, p in data.get("paths", {}).items()})
+            {ns: PathConditions.from_json(p) for ns, p in data.get("paths", {}).items()},
+            data.get("clamps", {}))
 
     def without_gateway(self, name: str) -> "LiveState":
         """What runs once a gateway's daemon is gone: it holds nothing any more."""
@@ -72,7 +75,8 @@ def _digest(text: str) -> str:
 def tunnel_digest(t: TunnelEnd) -> str:
     """Changes whenever anything the daemon was loaded with for this connection changes."""
     key = t.shared_key.reveal() if t.shared_key else ""
-    return _digest(repr((t.local_ip, t.remote_ip, t.local_ts, t.remote_ts, t.ike_version, t.ipsec, t.initiator, key)))
+    return _digest(repr((t.local_ip, t.identity, t.remote_ip, t.local_ts, t.remote_ts, t.ike_version, t.ipsec,
+                         t.initiator, key)))
 
 
 def desired_state(topo: Topology, disconnected: frozenset[str], sku_limit: bool,
@@ -88,7 +92,8 @@ def desired_state(topo: Topology, disconnected: frozenset[str], sku_limit: bool,
     down = frozenset(gw.netns for gw in topo.gateways if gw.name in links_down)
     routes = frozenset(r for r in topo.routes if not (r.ns in down and r.via is not None))
     paths = {gw.netns: gw.path for gw in topo.gateways if gw.path != PathConditions()}
-    return LiveState(routes, rates, gws, down, paths)
+    clamps = {gw.netns: gw.mss_clamp for gw in topo.gateways if gw.mss_clamp}
+    return LiveState(routes, rates, gws, down, paths, clamps)
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -218,6 +223,22 @@ class SetPath(Action):
 
 
 @dataclass(frozen=True)
+class SetClamp(Action):
+    """The MSS a gateway writes into the TCP handshakes it forwards (none: left as they are)."""
+
+    ns: str
+    mss: int | None
+    phase: ClassVar[int] = 3
+
+    def describe(self) -> str:
+        return f"{self.ns}: " + (f"clamp TCP MSS at {self.mss}" if self.mss else "no TCP MSS clamp")
+
+    def after(self, state: LiveState) -> LiveState:
+        clamps = {ns: m for ns, m in state.clamps.items() if ns != self.ns}
+        return replace(state, clamps=clamps | ({self.ns: self.mss} if self.mss else {}))
+
+
+@dataclass(frozen=True)
 class WriteConfig(Action):
     gateway: str
     phase: ClassVar[int] = 4
@@ -318,6 +339,9 @@ def diff(applied: LiveState, desired: LiveState, topo: Topology) -> list[Action]
     for ns in sorted(applied.paths.keys() | desired.paths.keys()):
         if applied.paths.get(ns, PathConditions()) != desired.paths.get(ns, PathConditions()):
             actions.append(SetPath(ns, desired.paths.get(ns, PathConditions())))
+    for ns in sorted(applied.clamps.keys() | desired.clamps.keys()):
+        if applied.clamps.get(ns) != desired.clamps.get(ns):
+            actions.append(SetClamp(ns, desired.clamps.get(ns)))
     new_daemons = desired.gateways.keys() - applied.gateways.keys()
     came_up = applied.links_down - desired.links_down
     for gw in topo.gateways:

@@ -12,7 +12,7 @@ from itertools import combinations
 
 from .model import Connection, GatewayType, LocalSite, Plan, VNet
 from .problems import Collector, connection_label, did_you_mean
-from .topology import PUBLIC_RANGES, build_topology, vnet_links
+from .topology import NAT_INSIDE_ROUTER, PUBLIC_RANGES, build_topology, vnet_links
 
 MAX_VNETS = 1000  # what one 2-core machine with 24 GB holds (public links: topology.MAX_GATEWAYS)
 MAX_ONPREM_SITES = 1000
@@ -141,6 +141,11 @@ def _check_sites(plan: Plan, out: Collector) -> None:
             what = "a VNet" if site.name in vnet_names else "the lab's backbone router"
             out.error(obj, "name", f"an on-premises site gets its own emulated VPN device and cannot share its name "
                       f"with {what}; rename it")
+        inside = NAT_INSIDE_ROUTER.network
+        for net in site.address_space if site.behind_nat else ():
+            if net.overlaps(inside):
+                out.error(obj, "address_space", f"{net} overlaps {inside}, the link between a device behind NAT and "
+                          "its NAT router in the lab; use another prefix, or no behind_nat")
         for a, b in combinations(site.address_space, 2):
             if a.overlaps(b):
                 out.error(obj, "address_space", f"{a} overlaps {b}; the prefixes of one site must be disjoint")

@@ -52,6 +52,7 @@ class ConnectionStatus:
     reason: str = ""
     evidence: list[str] = field(default_factory=list)
     fault: dict | None = None  # Network Watcher's vocabulary: {type, summary, recommended_actions}
+    nat_traversal: str | None = None  # what IKE's NAT detection found: which side is behind a NAT
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +72,9 @@ FAULTS = (
      ["Wait for its supervisor to restart it, or vnetlab reset-gateway; if it stays down, down and up."]),
     ("disconnected", "Disconnected", "The connection was disconnected on purpose.",
      ["vnetlab connect (Set-AzureVNetGateway -Connect)."]),
+    ("NAT traversal fails", "NatTraversal", "A side sits behind a NAT and UDP 4500 (NAT-T) does not cross the path.",
+     ["Let UDP 4500 through every firewall on the path (vnetlab impair --clear).",
+      "Make sure the device behind the NAT initiates: the NAT has no mapping for the other side's first packet."]),
     ("peer unreachable", "PeerReachability", "IKE gets no answer from the peer's address.",
      ["Check the local site's gateway address (vnetlab update-site).",
       "Check the path: a firewall dropping UDP 500/4500 or ESP (vnetlab impair --clear), a link down (vnetlab link up)."]),
@@ -148,6 +152,12 @@ def diagnose(lab: Lab, gw: GatewayNode, t: TunnelEnd) -> tuple[str, list[str]]:
     if lab.disconnected(peer_gw.name, peer_end.local_site):
         return f"{peer_gw.name} has disconnected its side (vnetlab connect --vnet {peer_gw.name})", []
     blocked = [(g, g.path) for g in (gw, peer_gw) if g.path.block or g.path.loss >= 100]
+    natted = next((g for g in (gw, peer_gw) if g.nat_ns), None)
+    if natted and any("natt" in p.block and "ike" not in p.block and p.loss < 100 for _g, p in blocked):
+        g = next(g for g, p in blocked if "natt" in p.block)
+        return (f"NAT traversal fails (NatTraversal): {natted.name}'s VPN device sits behind a NAT, so IKE moves to "
+                f"UDP 4500 and ESP rides in it, and {g.name}'s backbone path drops natt (UDP 4500); "
+                f"vnetlab impair --{'vnet' if g.kind == 'vnet' else 'site'} {g.name} --clear lifts it"), []
     if blocked:
         said = "; ".join(f"{g.name}'s backbone path drops " + (", ".join(f"{b} ({BLOCKABLE[b]})" for b in sorted(p.block))
                                                               or "everything (loss 100%)") for g, p in blocked)
@@ -157,7 +167,7 @@ def diagnose(lab: Lab, gw: GatewayNode, t: TunnelEnd) -> tuple[str, list[str]]:
     found: list[tuple[str, str, str, str]] = []  # (time, cause, side, what) in log order
     evidence: dict[str, list[str]] = {}
     for side, directory, conn, ips in ((gw.name, lab.gw_dir(gw), t.conn_id, (t.remote_ip,)),
-                                       (peer_gw.name, lab.gw_dir(peer_gw), peer_end.conn_id, (t.local_ip,))):
+                                       (peer_gw.name, lab.gw_dir(peer_gw), peer_end.conn_id, (t.identity,))):
         for line in _log_tail(directory):
             if f"<{conn}|" not in line and not any(str(ip) in line for ip in ips):
                 continue
@@ -205,6 +215,17 @@ def closed_bytes(lab: Lab) -> dict[tuple[str, str], tuple[int, int]]:
     return totals
 
 
+def _nat_seen(lab: Lab, answers: dict, t: TunnelEnd, sa: gateways.SaState | None) -> str | None:
+    """Which side of a tunnel IKE found behind a NAT: each side knows it of itself (nat-local)."""
+    peer_gw, peer_end = lab.topology.peer_gateway(t), lab.topology.peer_end(t)
+    peer_sa = (answers.get(peer_gw.name) or {}).get(peer_end.conn_id) if peer_gw and peer_end else None
+    here, there = bool(sa and sa.behind_nat), bool(peer_sa and peer_sa.behind_nat)
+    if not (here or there):
+        return None
+    side = "both sides are" if here and there else "this side is" if here else "the peer is"
+    return f"{side} behind a NAT (NAT-T: ESP in UDP 4500)"
+
+
 def collect(lab: Lab, with_reasons: bool = True) -> list[ConnectionStatus]:
     # when each connection last became Connected, from the gateways' own events: an exact moment that
     # neither moves with the clock between two calls nor at a rekey (rekeys fire no up/down event)
@@ -212,14 +233,18 @@ def collect(lab: Lab, with_reasons: bool = True) -> list[ConnectionStatus]:
     connected_at = {(e["gateway"], e["local_site"]): e["time"] for e in events if e.get("to") == "Connected"}
     carried = closed_bytes(lab)
     links_down = lab.links_down()
-    result = []
+    answers: dict[str, dict[str, gateways.SaState] | None] = {}
     for gw in lab.topology.gateways:
         try:
-            sas = gateways.list_sas(lab.gw_dir(gw))
-            down_reason = ""
+            answers[gw.name] = gateways.list_sas(lab.gw_dir(gw))
         except (ConnectionError, OSError):
-            sas, down_reason = {}, (f"gateway daemon of {gw.name} is not running: its supervisor restarts it "
-                                    "within seconds; if it stays down, see vnetlab gateway, then down and up")
+            answers[gw.name] = None
+    result = []
+    for gw in lab.topology.gateways:
+        sas, down_reason = answers[gw.name] or {}, ""
+        if answers[gw.name] is None:
+            down_reason = (f"gateway daemon of {gw.name} is not running: its supervisor restarts it "
+                           "within seconds; if it stays down, see vnetlab gateway, then down and up")
         if gw.name in links_down:
             down_reason = (f"the backbone link of {gw.name} is down: no route to any peer (its SAs may still be "
                            "installed, but nothing crosses); when the link comes back its routes are put back")
@@ -247,7 +272,7 @@ def collect(lab: Lab, with_reasons: bool = True) -> list[ConnectionStatus]:
                 if sa and sa.child_installed else None,
                 ike_version=t.ike_version, dataplane=lab.dataplane, remote_address=str(t.remote_ip),
                 cipher=sa.encryption if sa else None, reason=reason, evidence=evidence,
-                fault=fault_of(reason) if reason else None))
+                fault=fault_of(reason) if reason else None, nat_traversal=_nat_seen(lab, answers, t, sa)))
     return result
 
 

@@ -26,6 +26,8 @@ ONPREM_PUBLIC = IPv4Network("198.51.100.0/24")  # emulated on-premises VPN devic
 # Labs that outgrow a /24 (128 /31 links) continue in the benchmarking range of RFC 2544, which
 # like the documentation ranges is never routed on the Internet.
 LARGE = IPv4Network("198.18.0.0/15")
+# the link between a device behind NAT and its NAT router: shared address space (RFC 6598), as carriers use
+NAT_INSIDE_ROUTER, NAT_INSIDE_DEVICE = IPv4Interface("100.64.0.1/30"), IPv4Interface("100.64.0.2/30")
 VNET_PUBLIC_LARGE, ONPREM_PUBLIC_LARGE = LARGE.subnets(new_prefix=16)
 PUBLIC_RANGES = (IPv4Network("192.0.2.0/24"), ONPREM_PUBLIC, VNET_PUBLIC, LARGE)
 MAX_GATEWAYS = 128 + VNET_PUBLIC_LARGE.num_addresses // 2
@@ -89,6 +91,12 @@ class TunnelEnd:
     shared_key: SharedKey | None
     initiator: bool
     peer_in_lab: bool  # False: the remote address is no lab gateway (e.g. the dummy 5.4.3.2)
+    nat_public: IPv4Address | None = None  # behind a NAT: the address the peer sees (local_ip is inside)
+
+    @property
+    def identity(self) -> IPv4Address:
+        """The address the peer knows this end by: its IKE identity, and what the peer's remote_ip is."""
+        return self.nat_public or self.local_ip
 
     @property
     def children(self) -> tuple[tuple[str, tuple[IPv4Network, ...], tuple[IPv4Network, ...]], ...]:
@@ -109,6 +117,18 @@ class GatewayNode:
     sku: Sku | None
     tunnels: tuple[TunnelEnd, ...]
     path: PathConditions = PathConditions()  # its backbone link's conditions
+    mss_clamp: int | None = None  # MSS of the TCP handshakes it forwards, clamped
+    nat_ns: str | None = None  # the NAT namespace between it and the backbone (an on-premises device behind NAT)
+
+    @property
+    def edge_ns(self) -> str:
+        """The namespace at the gateway's end of its backbone link: its own, or its NAT's."""
+        return self.nat_ns or self.netns
+
+    @property
+    def worker_threads(self) -> int:
+        """charon's worker pool: strongSwan's default 16, and 4 more per tunnel, at most 48."""
+        return min(48, 16 + 4 * len(self.tunnels))
 
     @property
     def retransmit_timeout(self) -> float:
@@ -128,12 +148,17 @@ class Topology:
     forwarding: tuple[str, ...]  # namespaces that route
     gateways: tuple[GatewayNode, ...]
     hosts: tuple[Host, ...]
+    nats: tuple[str, ...] = ()  # NAT namespaces: they masquerade what leaves on their "bb" link
 
     def netns_of(self, node: str) -> str | None:
         return dict(self.nodes).get(node)
 
     def gateway(self, name: str) -> GatewayNode:
         return next(g for g in self.gateways if g.name == name)
+
+    def backbone_link(self, gw: GatewayNode) -> Veth:
+        """The veth from the backbone router to the gateway (or to the NAT in front of it)."""
+        return next(v for v in self.veths if v.ns_a == self.backbone and v.ns_b == gw.edge_ns)
 
     def peer_gateway(self, t: TunnelEnd) -> GatewayNode | None:
         """The lab gateway at this end's remote address, if any."""
@@ -142,7 +167,7 @@ class Topology:
     def peer_end(self, t: TunnelEnd) -> TunnelEnd | None:
         """The tunnel end facing this one: on the peer gateway, pointing back at this address."""
         peer = self.peer_gateway(t)
-        return next((e for e in peer.tunnels if e.remote_ip == t.local_ip), None) if peer else None
+        return next((e for e in peer.tunnels if e.remote_ip == t.identity), None) if peer else None
 
 
 def _pair(small: IPv4Network, large: IPv4Network, index: int) -> tuple[IPv4Interface, IPv4Interface]:
@@ -172,6 +197,7 @@ class _Builder:
         self.lo: list[tuple[str, IPv4Interface]] = []
         self.routes: list[Route] = []
         self.forwarding: list[str] = []
+        self.nats: list[str] = []
         self.hosts: list[Host] = []
         self.backbone = f"{self.lab}.backbone"
         self.vip = vnet_links(plan)
@@ -195,7 +221,8 @@ class _Builder:
                 gateways.append(self.onprem(site))
         return Topology(lab=self.lab, backbone=self.backbone, namespaces=tuple(self.namespaces), nodes=tuple(self.nodes),
                         veths=tuple(self.veths), lo_addresses=tuple(self.lo), routes=tuple(self.routes),
-                        forwarding=tuple(self.forwarding), gateways=tuple(gateways), hosts=tuple(self.hosts))
+                        forwarding=tuple(self.forwarding), gateways=tuple(gateways), hosts=tuple(self.hosts),
+                        nats=tuple(self.nats))
 
     def lan(self, owner: str, router_ns: str, ifname: str, label: str, net: IPv4Network) -> None:
         """A test host on its own namespace, linked to the router, default route to it."""
@@ -207,17 +234,14 @@ class _Builder:
         self.routes.append(Route(ns, IPv4Network("0.0.0.0/0"), router.ip))
         self.hosts.append(Host(node, ns, owner, host.ip, net))
 
-    def uplink(self, ns: str, index: int, pair: tuple[IPv4Interface, IPv4Interface], prefix: str,
-               tunnels: list[TunnelEnd]) -> None:
-        """The gateway's public link to the backbone, routes to public addresses only, and a
+    def uplink(self, ns: str, via: IPv4Address, tunnels: list[TunnelEnd]) -> None:
+        """Routes over the gateway's link ("bb") toward the backbone: to public addresses only, and a
         prohibit route per remote address space: without an installed SA, traffic is dropped here."""
-        bb_side, gw_side = pair
-        self.veths.append(Veth(self.backbone, f"{prefix}{index}", bb_side, ns, "bb", gw_side))
         for rng in PUBLIC_RANGES:
-            self.routes.append(Route(ns, rng, bb_side.ip))
+            self.routes.append(Route(ns, rng, via))
         outside = sorted({t.remote_ip for t in tunnels if not any(t.remote_ip in r for r in PUBLIC_RANGES)})
         for addr in outside:
-            self.routes.append(Route(ns, IPv4Network(f"{addr}/32"), bb_side.ip))
+            self.routes.append(Route(ns, IPv4Network(f"{addr}/32"), via))
         for net in sorted({n for t in tunnels for n in t.remote_ts}):
             self.routes.append(Route(ns, net, None, prohibit=True))
 
@@ -237,9 +261,10 @@ class _Builder:
         self.lo.append((ns, IPv4Interface(f"{gs.network_address + HOST_OFFSET}/{gs.prefixlen}")))
         tunnels = [self.vnet_end(vnet, c) for c in self.plan.connections if c.vnet == vnet.name]
         index = list(self.vip).index(vnet.name)
-        self.uplink(ns, index, self.vip[vnet.name], "g", tunnels)
+        self.veths.append(Veth(self.backbone, f"g{index}", self.vip[vnet.name][0], ns, "bb", self.vip[vnet.name][1]))
+        self.uplink(ns, self.vip[vnet.name][0].ip, tunnels)
         return [GatewayNode(vnet.name, "vnet", ns, self.vip[vnet.name][1].ip, vnet.gateway.sku, tuple(tunnels),
-                            self.plan.path(vnet.name))]
+                            self.plan.path(vnet.name), vnet.gateway.tcp_mss_clamp)]
 
     def remote_ip(self, site: LocalSite) -> IPv4Address:
         peer = self.plan.vnet_of_site(site)
@@ -256,7 +281,8 @@ class _Builder:
         if peer is not None:
             mirror = next((self.plan.connection(peer.name, s.name) for s in self.plan.local_sites
                            if self.plan.vnet_of_site(s) is vnet and self.plan.connection(peer.name, s.name)), None)
-        initiator = conn.shared_key is not None and (
+        # a device behind a NAT initiates: the NAT has no mapping for anyone else's first packet
+        initiator = conn.shared_key is not None and not site.behind_nat and (
             mirror is None or mirror.shared_key is None or vnet.name < mirror.vnet)
         remote = self.remote_ip(site)
         return TunnelEnd(conn_id=site.name, vnet=vnet.name, local_site=site.name,
@@ -271,20 +297,44 @@ class _Builder:
         self.forwarding.append(ns)
         for j, space in enumerate(site.address_space):
             self.lan(site.name, ns, f"x{j}", f"space{j + 1}", space)
+        public = self.device_ip[site.name][1].ip
+        local = NAT_INSIDE_DEVICE.ip if site.behind_nat else public
         tunnels = []
         for conn in self.plan.connections:
             if conn.local_site != site.name:
                 continue
             vnet = self.plan.vnet(conn.vnet)
             tunnels.append(TunnelEnd(conn_id=vnet.name, vnet=vnet.name, local_site=site.name,
-                                     local_ip=self.device_ip[site.name][1].ip, remote_ip=self.vip[vnet.name][1].ip,
+                                     local_ip=local, remote_ip=self.vip[vnet.name][1].ip,
                                      local_ts=site.address_space, remote_ts=vnet.address_space,
                                      ike_version=conn.ike_version, ipsec=conn.ipsec, shared_key=conn.shared_key,
-                                     initiator=False, peer_in_lab=True))
+                                     initiator=site.behind_nat and conn.shared_key is not None, peer_in_lab=True,
+                                     nat_public=public if site.behind_nat else None))
         index = list(self.device_ip).index(site.name)
-        self.uplink(ns, index, self.device_ip[site.name], "o", tunnels)
-        return GatewayNode(site.name, "onprem", ns, self.device_ip[site.name][1].ip, None, tuple(tunnels),
-                           self.plan.path(site.name))
+        nat_ns = None
+        if site.behind_nat:
+            nat_ns = self.nat(site, ns, index)
+            self.uplink(ns, NAT_INSIDE_ROUTER.ip, tunnels)
+        else:
+            self.veths.append(Veth(self.backbone, f"o{index}", self.device_ip[site.name][0], ns, "bb",
+                                   self.device_ip[site.name][1]))
+            self.uplink(ns, self.device_ip[site.name][0].ip, tunnels)
+        return GatewayNode(site.name, "onprem", ns, public, None, tuple(tunnels), self.plan.path(site.name),
+                           nat_ns=nat_ns)
+
+    def nat(self, site: LocalSite, device_ns: str, index: int) -> str:
+        """A NAT router between the device and the backbone: the device's link ("bb") ends in it,
+        and it masquerades what leaves toward the backbone behind the site's public address."""
+        ns = f"{device_ns}.nat"
+        self.add_ns(f"{site.name}/nat", ns)
+        self.forwarding.append(ns)
+        self.nats.append(ns)
+        bb_side, public = self.device_ip[site.name]
+        self.veths.append(Veth(self.backbone, f"o{index}", bb_side, ns, "bb", public))
+        self.veths.append(Veth(device_ns, "bb", NAT_INSIDE_DEVICE, ns, "in", NAT_INSIDE_ROUTER))
+        for rng in PUBLIC_RANGES:
+            self.routes.append(Route(ns, rng, bb_side.ip))
+        return ns
 
 
 def build_topology(plan: Plan) -> Topology:

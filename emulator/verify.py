@@ -6,6 +6,10 @@ Checks derived from the plan and the connection states:
   other side: ICMP echo, a TCP handshake and a UDP exchange, each carrying a random nonce;
 - isolation: every other pair of networks must not answer (one check per source host, covering
   every network it must not reach);
+- mtu: per connected pair and direction, the path MTU through the tunnel (the largest packet that
+  crosses both ways, with DF set), whether larger packets get an ICMP error or vanish (a black
+  hole), and the MSS a TCP handshake ends up with across the tunnel; a black hole that full-size
+  TCP segments fall into fails;
 - esp: while probes run, the backbone carries only IKE and ESP, no lab address in clear, and no
   probe nonce in any payload;
 - throughput (on request): iperf3 through each connected pair, and over a bare backbone veth.
@@ -16,6 +20,7 @@ One probe engine process (workers/prober.py) sends every probe of the lab and an
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import subprocess
 import sys
@@ -37,6 +42,10 @@ from .topology import Host
 
 PROTOS = ("icmp", "tcp", "udp")
 RESPONDER_PORT = 7777  # where every test host answers the derived TCP and UDP probes
+MAX_RETRIES = 9
+HOST_MTU = 1500  # every test host's link
+MSS_OFFERED = 1460  # what a host on a 1500-byte link offers, and the MSS probe carries
+RETRY_WAIT = 0.5  # s: an answer inside the lab takes milliseconds; the first round waits the full timeout
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,9 @@ class Check:
     covers: tuple[str, ...] | None = None  # isolation: every network its probes went to
     mbps: float | None = None  # throughput: TCP goodput
     wire_mbps: float | None = None  # throughput: rate on the sending gateway's backbone link
+    attempts: int | None = None  # reach: the sends it took, when loss on the path made verify resend
+    mtu: int | None = None  # mtu: the largest packet that crosses the tunnel both ways
+    mss: int | None = None  # mtu: the MSS of a TCP handshake across the tunnel
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None or k in ("ok",)}
@@ -201,7 +213,7 @@ def _python_in(ns: str, module: str, *args: str) -> list[str]:
     return ["ip", "netns", "exec", ns, sys.executable, "-m", module, *args]
 
 
-class _Workers:
+class Workers:
     """Worker processes started for one verify run; journalled in the lab's registry, so
     `down` removes them, stopped by pid when verify ends, and ended by the kernel when verify is
     killed (an orphaned iperf3 would still be sending while the next verify captures the backbone)."""
@@ -245,16 +257,62 @@ class ProbeRun:
     drops: dict[str, int]  # namespace -> packets its receive sockets dropped (then no verdict is trusted)
     unresolved: list[str]  # namespaces whose router did not answer the warm-up echo
     verdict: dict  # the backbone capture's
+    attempts: dict[str, int]  # probe id -> sends, for every probe sent more than once
+    retries: int  # the rounds of resending allowed
+    mtu: dict[str, dict]  # search id -> {"mtu", "silent", "why", "mss"}, for the tunnels that carried an echo
 
 
+def retries_for(loss: float) -> int:
+    """How many times to resend a probe without an answer when a backbone path drops `loss` percent
+    of packets: a probe and its answer may cross two lossy links each way, and a working path
+    should fail a probe with odds below one in a million. Bounded: a blocked path still fails,
+    after at most MAX_RETRIES more rounds of RETRY_WAIT."""
+    if loss <= 0:
+        return 0
+    lost = 1 - (1 - min(loss, 99.0) / 100) ** 4  # one attempt's odds of no answer
+    return min(MAX_RETRIES, math.ceil(math.log(1e-6) / math.log(lost)) - 1)
 
 
-def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: float) -> ProbeRun:
-    """Send every probe from one engine process (workers/prober.py), capturing the backbone meanwhile."""
-    workers = _Workers(lab)
+def lab_loss(lab: Lab) -> float:
+    """The highest loss any backbone path of the lab is set to (plan or `vnetlab impair`)."""
+    return max((gw.path.loss for gw in lab.topology.gateways), default=0.0)
+
+
+@dataclass(frozen=True)
+class MtuSearch:
+    """A path MTU search between the hosts of an ICMP reach probe, run once that probe was answered."""
+
+    id: str
+    probe: Probe
+
+    def request(self) -> dict:
+        p = self.probe
+        return {"id": self.id, "ns": p.src.netns, "src": str(p.src.address), "dst": str(p.dst.address),
+                "port": p.port, "max": HOST_MTU, "after": p.id}
+
+
+def mtu_searches(probes: list[Probe]) -> list[MtuSearch]:
+    """One path MTU search per connected pair of networks and direction, from its first ICMP reach
+    probe. The echo crosses both ways, but a gateway that knows its small link answers "too big"
+    first, which would hide the other direction's black hole: each side searches."""
+    searches, seen = [], set()
+    for p in probes:
+        pair = (p.src.owner, p.dst.owner)
+        if p.expect_reply and p.test is None and p.proto == "icmp" and pair not in seen:
+            seen.add(pair)
+            searches.append(MtuSearch(f"m{len(searches)}", p))
+    return searches
+
+
+def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: float,
+               searches: list[MtuSearch] = ()) -> ProbeRun:
+    """Send every probe from one engine process (workers/prober.py), capturing the backbone meanwhile;
+    resent, a bounded number of times, when a path of the lab is lossy."""
+    retries = retries_for(lab_loss(lab))
+    workers = Workers(lab)
     try:
-        links = [f"{v.if_a}={gw.name}={v.addr_b.ip}" for gw in lab.topology.gateways for v in lab.topology.veths
-                 if v.ns_a == lab.topology.backbone and v.ns_b == gw.netns]
+        links = [f"{v.if_a}={gw.name}={v.addr_b.ip}" for gw in lab.topology.gateways
+                 for v in [lab.topology.backbone_link(gw)]]
         capture = workers.start(_python_in(lab.topology.backbone, "emulator.workers.capture", *links),
                                 "backbone capture")
         _wait_ready(capture, "the backbone capture")
@@ -270,13 +328,15 @@ def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: fl
         # a nonce per reach probe; the isolation probes of one host share one (they differ by destination)
         shared = {ns: secrets.token_hex(16) for ns in {p.src.netns for p in probes}}
         nonces = {p.id: secrets.token_hex(16) if p.expect_reply or p.test else shared[p.src.netns] for p in probes}
-        request = {"timeout": timeout,
+        request = {"timeout": timeout, "retries": retries, "retry_wait": RETRY_WAIT,
                    "hosts": [{**h, "ports": sorted(h["ports"])} for h in hosts.values()],
                    "probes": [{"id": p.id, "ns": p.src.netns, "proto": p.proto, "src": str(p.src.address),
                                "dst": str(p.dst.address), "port": p.port, "nonce": nonces[p.id],
-                               "expect_reply": p.expect_reply} for p in probes]}
+                               "expect_reply": p.expect_reply} for p in probes],
+                   "mtu": [m.request() for m in searches]}
         engine = workers.start([sys.executable, "-m", "emulator.workers.prober"], "probe engine")
-        out, err = engine.communicate(json.dumps(request), timeout=timeout + 60 + len(probes) / 500)
+        rounds = timeout + retries * RETRY_WAIT + len(probes) * (1 + retries) / 500
+        out, err = engine.communicate(json.dumps(request), timeout=rounds + 60)
         if engine.returncode != 0:
             raise EnvironmentProblem(f"the probe engine failed: {err[-800:]}")
         result = json.loads(out)
@@ -295,7 +355,7 @@ def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: fl
         if pcap_dir is not None:
             write_tables(key_tables(lab), pcap_dir)  # the pcaps' ESP, decryptable in Wireshark
         return ProbeRun(set(result["answered"]), result["refused"], result["drops"], result["unresolved"],
-                        json.loads(out))
+                        json.loads(out), result["attempts"], retries, result["mtu"])
     finally:
         workers.stop_all()
 
@@ -319,6 +379,7 @@ def _counter_deltas(lab: Lab, before: list[ConnectionStatus], after: list[Connec
 
 def _lost(p: Probe, run: ProbeRun) -> str:
     """Why a reach probe got no answer, naming the hop where that is known."""
+    tries = f" in {run.retries + 1} attempts (loss on the path)" if run.retries else ""
     if p.src.netns in run.drops or p.dst.netns in run.drops:
         ns = p.src.netns if p.src.netns in run.drops else p.dst.netns
         return f"no verdict: the probe engine's sockets in {ns} dropped {run.drops[ns]} packet(s) (local overload)"
@@ -327,8 +388,25 @@ def _lost(p: Probe, run: ProbeRun) -> str:
     if p.id in run.refused:
         return f"no answer: refused, {run.refused[p.id]}" + (f"; {p.cause}" if p.cause else "")
     if p.cause:
-        return f"no answer: {p.cause}"
-    return "no answer although the connection is Connected (fail-closed drop or no route)"
+        return f"no answer{tries}: {p.cause}"
+    return f"no answer{tries} although the connection is Connected (fail-closed drop or no route)"
+
+
+def mtu_check(p: Probe, found: dict) -> Check:
+    """What the path MTU search found on one tunnel, and whether TCP would fall into a black hole."""
+    mtu, mss = found["mtu"], found["mss"]
+    larger = ("vanish without an ICMP \"fragmentation needed\" (a black hole)" if found["silent"]
+              else f"get {found['why']}" if found["why"] else "do not leave the host")
+    clamped = f" (offered {MSS_OFFERED}: clamped)" if mss and mss < MSS_OFFERED else ""
+    handshake = f"TCP MSS across the tunnel {mss}{clamped}" if mss else "no SYN-ACK to the MSS probe"
+    detail = f"path MTU {mtu} bytes (the largest packet that crosses both ways, DF set); larger ones {larger}; {handshake}"
+    ok = not found["silent"] or (mss is not None and mss + 40 <= mtu)
+    if not ok:
+        detail = (f"TCP black hole: segments of {(mss or MSS_OFFERED) + 40} bytes do not cross and nothing tells the "
+                  f"sender; clamp the MSS at {mtu - 40} or less (gateway.tcp_mss_clamp, or `vnetlab clamp`; Azure "
+                  f"asks 1350 where the path carries 1500-byte packets); " + detail)
+    return Check("mtu", f"{p.src.node} ({p.src.address})", f"{p.dst.node} ({p.dst.address})", ok, detail,
+                 mtu=mtu, mss=mss)
 
 
 def esp_check(verdict: dict, probes_answered: int) -> Check:
@@ -357,7 +435,8 @@ def verify(lab: Lab, pcap_dir: Path | None = None, timeout: float = 1.5, through
     pairs = network_pairs(lab, statuses)
     derived = plan_probes(lab, pairs)
     probes = derived + user_probes(lab, [t for t in lab.plan.tests if t.disconnect is None], len(derived))
-    run = run_probes(lab, probes, pcap_dir, timeout)
+    searches = mtu_searches(derived)
+    run = run_probes(lab, probes, pcap_dir, timeout, searches)
     answered = run.answered
     checks = []
     isolated: dict[Host, list[Probe]] = defaultdict(list)
@@ -369,11 +448,13 @@ def verify(lab: Lab, pcap_dir: Path | None = None, timeout: float = 1.5, through
         if p.test is not None:
             checks.append(_test_check(p, run))
         elif p.expect_reply:
-            detail = "answered, nonce returned"
+            tries = run.attempts.get(p.id) if got else None
+            detail = f"answered after {tries} attempts (loss on the path), nonce returned" if tries else \
+                "answered, nonce returned"
             if not got:
                 counters = counters or _counter_deltas(lab, statuses, collect(lab, with_reasons=False))
                 detail = _lost(p, run) + counters.get(frozenset((p.src.owner, p.dst.owner)), "")
-            checks.append(Check("reach", src, dst, got, detail, p.proto))
+            checks.append(Check("reach", src, dst, got, detail, p.proto, attempts=tries))
         else:
             isolated[p.src].append(p)
     for host, mine in isolated.items():  # isolation, proven per source: every network it must not reach
@@ -385,6 +466,7 @@ def verify(lab: Lab, pcap_dir: Path | None = None, timeout: float = 1.5, through
                   f"says ({len(mine)} probes: {protos})")
         shown = ", ".join(networks) if len(networks) <= 3 else f"{len(networks)} networks not connected to {host.owner}"
         checks.append(Check("isolation", f"{host.node} ({host.address})", shown, not leaks, detail, covers=networks))
+    checks += [mtu_check(m.probe, run.mtu[m.id]) for m in searches if m.id in run.mtu]
     checks.append(esp_check(run.verdict, len(answered)))
     checks += during_checks(lab, timeout)
     if throughput:
@@ -397,7 +479,7 @@ def throughput_checks(lab: Lab, pairs: list[Pair], statuses: list[ConnectionStat
 
     gateways = {g.name: g for g in lab.topology.gateways if g.kind == "vnet"}
     cipher = next((s.cipher for s in statuses if s.cipher), None)
-    workers = _Workers(lab)
+    workers = Workers(lab)
     checks: list[Check] = []
     try:
         try:

@@ -20,7 +20,7 @@ from netns.registry import end_with_parent
 from .executor import Executor, read_snapshot
 from .lab import Changes, Lab, apply, changing, desired, open_lab, plan_change, record_event
 from .model import PathConditions
-from .plan import KEY_RE, parse_path_conditions
+from .plan import KEY_RE, MSS_RANGE, parse_path_conditions
 from .problems import UsageError
 from .reconcile import Action, StopDaemon, diff
 from .rules import gateway_ip_problems
@@ -172,6 +172,20 @@ def impair(name: str | None, vnet: str | None, site: str | None, fields: dict, c
                        [f"{gw.name}'s backbone link: {current.describe()} -> {conditions.describe()}"])
 
 
+def clamp(name: str | None, vnet: str, mss: int | None, dry_run: bool = False) -> Applied:
+    """Clamp the MSS of the TCP handshakes a VNet's gateway forwards (None: stop clamping): the
+    plan's gateway.tcp_mss_clamp, live; what Azure asks of VPN devices when the path MTU is small."""
+    low, high = MSS_RANGE
+    if mss is not None and not low <= mss <= high:
+        raise UsageError(f"--mss {mss} is not valid: give a whole number from {low} to {high} (Azure asks 1350)")
+    with changing(name) as lab:
+        gw = _gateway_of(lab, vnet)
+        if gw.mss_clamp == mss:
+            return Applied(lab, [], dry_run, [f"nothing to do: {vnet}'s gateway clamps "
+                                              + (f"the TCP MSS at {mss} already" if mss else "nothing already")])
+        return _change(lab, replace(lab.changes, clamps={**lab.changes.clamps, vnet: mss}), dry_run)
+
+
 RESET_WAIT = 20.0  # seconds reset-gateway waits for the gateway's tunnels to be Connected again
 
 
@@ -261,7 +275,7 @@ class ConnectionReport:
                 "EgressBytesTransferred": s.egress_bytes, "IngressBytesTransferred": s.ingress_bytes,
                 "LastConnectionEstablished": s.last_connection_established, "LastEventID": e.get("id"),
                 "LastEventMessage": e.get("message"), "LastEventTimeStamp": e.get("time"),
-                "Reason": s.reason or None, "Fault": s.fault, "Evidence": s.evidence}
+                "NatTraversal": s.nat_traversal, "Reason": s.reason or None, "Fault": s.fault, "Evidence": s.evidence}
 
 
 def connection(name: str | None, vnet: str) -> tuple[Lab, list[ConnectionReport]]:
@@ -305,5 +319,6 @@ def gateway(name: str | None, vnet: str) -> dict:
             "DefaultSite": None, "DataPlane": lab.dataplane,
             "BandwidthMbps": v.gateway.sku.mbps if lab.sku_limit else None,
             "BackbonePath": gw.path.describe(), "BackboneLink": "down" if gw.name in lab.links_down() else "up",
+            "TcpMssClamp": gw.mss_clamp,
             "LastEventID": last.get("id"), "LastEventMessage": last.get("message"),
             "LastEventTimeStamp": last.get("time")}

@@ -33,11 +33,25 @@ CANARY_PORT = 9  # discard
 NONCE = 16  # bytes
 
 
-def classify(pkt) -> str:
-    """esp | ike | icmp-about-ike | other (IPv4) | l2 (ARP and the like, not IPv4)."""
+def _fragment_of(ip) -> tuple:
+    return ip.src, ip.dst, ip.proto, ip.id
+
+
+def first_fragments(packets) -> dict[tuple, str]:
+    """The class of every fragmented packet, from its first fragment (the only one with ports): a
+    gateway whose path MTU is small fragments its ESP-in-UDP."""
+    return {_fragment_of(pkt[IP]): classify(pkt) for pkt in packets
+            if IP in pkt and pkt[IP].frag == 0 and pkt[IP].flags.MF}
+
+
+def classify(pkt, fragments: dict[tuple, str] | None = None) -> str:
+    """esp | ike | icmp-about-ike | other (IPv4) | l2 (ARP and the like, not IPv4). A later fragment
+    is what its first fragment is (`fragments`, from first_fragments)."""
     if IP not in pkt:
         return "l2"
     ip = pkt[IP]
+    if ip.frag:
+        return (fragments or {}).get(_fragment_of(ip), "other")
     if ip.proto == 50:
         return "esp"
     if UDP in ip and (ip[UDP].sport in IKE_PORTS or ip[UDP].dport in IKE_PORTS):
@@ -77,6 +91,7 @@ def main() -> None:
     violations, leaks = [], []
     per_iface = defaultdict(list)
     canaries = set()
+    fragments = first_fragments(packets)
     for pkt in packets:
         on = getattr(pkt, "sniffed_on", None) or "backbone"
         per_iface[on].append(pkt)
@@ -84,7 +99,7 @@ def main() -> None:
         if canary in raw:
             canaries.add(on)
             continue
-        kind = classify(pkt)
+        kind = classify(pkt, fragments)
         if IP not in pkt or pkt[IP].src == entering.get(on):
             counts[kind] += 1
             if kind == "esp":

@@ -1,9 +1,13 @@
 """The probe engine: every probe of a verify run, from every test host of the lab, in one process.
 
-stdin: {"timeout": S,
+stdin: {"timeout": S, "retries": N, "retry_wait": S,  # retries: rounds that resend what got no answer
+        "mtu": [{"id", "ns", "src", "dst", "port", "max", "after": probe id}],  # path MTU searches, once
+                                                    # that probe (a small echo on the same path) was answered
         "hosts": [{"ns", "address", "router", "ports": [int]}],  # every host a probe leaves from or goes to
         "probes": [{"id", "ns", "proto": icmp|tcp|udp, "src", "dst", "port", "nonce": hex}]}
-stdout: {"answered": [id], "refused": {id: why}, "drops": {ns: n}, "unresolved": [ns], "seconds": {phase: s}}
+stdout: {"answered": [id], "refused": {id: why}, "attempts": {id: n}, "drops": {ns: n}, "unresolved": [ns],
+         "mtu": {id: {"mtu", "silent", "why", "mss"}},
+         "seconds": {phase: s}}   # attempts: the sends it took, for every probe sent more than once
 
 Why one process: the earlier design ran one scapy sniffer per source namespace, and each sniffer
 copied its own outgoing probes and tested every packet against every probe. At 100 VNets its socket
@@ -20,6 +24,11 @@ were the late reach probes. Here:
 A probe counts as answered only if the reply proves it saw the probe: the echo reply or UDP reply
 carries the nonce back, the SYN-ACK acknowledges the nonce-derived sequence number. ICMP errors and
 TCP resets that quote a probe say where it was refused.
+
+The path MTU of a tunnel is searched by bisection, all tunnels at once: ICMP echoes with DF set,
+the largest that comes back (the echo crosses both ways). A size that is too large gets an ICMP
+"fragmentation needed" (a gateway that knows), or nothing at all: a black hole. One SYN carrying
+MSS 1460 shows what a TCP handshake's MSS becomes across the tunnel (a gateway's clamp lowers it).
 """
 
 from __future__ import annotations
@@ -42,6 +51,8 @@ SO_RXQ_OVFL = 40  # Linux socket options Python does not name
 SO_RCVBUFFORCE = 33
 BUFFER = 8 * 1024 * 1024
 BATCH = 200  # probes sent between two polls of every socket
+MTU_WAIT = 0.25  # s per bisection round for a size that gets no answer (inside the lab, answers take ms)
+MSS_OFFERED = 1460
 ICMP_REASONS = {(3, 0): "net unreachable", (3, 1): "host unreachable", (3, 3): "port unreachable",
                 (3, 4): "fragmentation needed", (3, 13): "administratively prohibited", (11, 0): "TTL exceeded"}
 
@@ -118,6 +129,30 @@ def build(host: Host, probe: dict) -> tuple[bytes, tuple, object]:
         p[TCP].ack == (isn + 1) % 2**32
 
 
+@dataclass
+class Search:
+    """One tunnel's path MTU bisection: lo crosses, hi+1 does not."""
+
+    id: str
+    host: Host
+    src: str
+    dst: str
+    lo: int
+    hi: int
+    ident: int
+    size: int = 0  # the size in flight
+    outcome: str = ""  # for the size in flight: "" (none yet), "crossed", "too big"
+    tries: int = 0
+    silent: bool = False  # a larger size vanished without an ICMP error: a black hole
+    why: str = ""  # who said a size was too big
+    mss: int | None = None  # the MSS option of the SYN-ACK that came back
+    syn: bytes = b""  # the MSS probe
+
+
+def _mss_option(p) -> int | None:
+    return next((v for k, v in p[TCP].options if k == "MSS"), None)
+
+
 def _quoted_key(p) -> tuple | None:
     """The key of the probe an ICMP error quotes."""
     if IPerror not in p:
@@ -140,6 +175,8 @@ class Engine:
         self.answered: set[str] = set()
         self.refused: dict[str, str] = {}
         self.warm: set[str] = set()
+        self.attempts: dict[str, int] = {}
+        self.searches: dict[tuple, Search] = {}  # (namespace, proto, peer, ident) -> the search its probes belong to
 
     def receive(self, host: Host, proto: str, sock: socket.socket) -> None:
         while True:
@@ -153,6 +190,8 @@ class Engine:
             self.match(host, proto, IP(data))
 
     def match(self, host: Host, proto: str, p) -> None:
+        if self.searches and self.match_search(host, proto, p):
+            return
         if proto == "icmp" and ICMP in p and p[ICMP].type == 0:
             if p[ICMP].id == 0xFFFF and p.src == host.router:
                 self.warm.add(host.ns)
@@ -175,6 +214,81 @@ class Engine:
                 self.answered.add(pid)
             elif proto == "tcp" and p[TCP].flags.R:
                 self.refused.setdefault(pid, f"TCP reset from {p.src} (nothing listens on port {layer.sport})")
+
+    def match_search(self, host: Host, proto: str, p) -> bool:
+        """An answer to a path MTU probe: the echo of the size in flight, an ICMP error quoting it, or
+        the SYN-ACK of the MSS probe."""
+        if proto == "tcp" and TCP in p:
+            search = self.searches.get((host.ns, "tcp", p.src, p[TCP].dport))
+            if search is None:
+                return False
+            if p[TCP].flags.S and p[TCP].flags.A:
+                search.mss = _mss_option(p)
+            return True
+        if proto != "icmp" or ICMP not in p:
+            return False
+        if p[ICMP].type == 0:
+            search = self.searches.get((host.ns, "icmp", p.src, p[ICMP].id))
+            if search and p[ICMP].seq == search.size and len(p) == search.size:
+                search.outcome = search.outcome or "crossed"
+            return search is not None
+        key = _quoted_key(p)
+        search = self.searches.get((host.ns, *key)) if key else None
+        if search and p[ICMP].type == 3 and p[ICMP].code == 4 and p[IPerror].len == search.size:
+            search.outcome = "too big"
+            who = "the sending host itself, which learned it before" if p.src == search.src else p.src
+            search.why = f"ICMP fragmentation needed from {who} (mtu {p[ICMP].nexthopmtu})"
+            if 0 < p[ICMP].nexthopmtu < search.size:
+                search.hi = min(search.hi, p[ICMP].nexthopmtu)
+        return search is not None
+
+    def path_mtu(self, specs: list[dict], retries: int, retry_wait: float) -> dict:
+        """Bisect every tunnel's path MTU at once; a size without any answer is resent `retries`
+        times (loss) before it counts as lost in a black hole. The MSS probe is resent likewise."""
+        searches = []
+        for spec in specs:
+            if spec["after"] not in self.answered:
+                continue  # the tunnel does not carry even a small echo: no MTU to search
+            host = self.hosts[spec["ns"]]
+            host.next_ident += 1
+            x = Search(spec["id"], host, spec["src"], spec["dst"], 68, spec["max"], host.next_ident & 0xFFFF)
+            x.syn = bytes(IP(src=x.src, dst=x.dst) / TCP(sport=host.next_ident, dport=spec["port"], flags="S",
+                                                         options=[("MSS", MSS_OFFERED)]))
+            self.searches[(host.ns, "icmp", x.dst, x.ident)] = x
+            self.searches[(host.ns, "tcp", x.dst, host.next_ident)] = x
+            searches.append(x)
+        for round_ in range(32 * (1 + retries)):  # 32: more than any bisection of 68..9000 needs
+            bisecting = [x for x in searches if x.lo < x.hi]
+            asking = [x for x in searches if x.mss is None and round_ <= retries]
+            if not bisecting and not asking:
+                break
+            for x in bisecting:
+                if x.outcome or not x.size:
+                    x.size, x.outcome, x.tries = (x.lo + x.hi + 1) // 2, "", 0
+                x.tries += 1
+                self._send_sized(x)
+            for x in asking:
+                self._send(x.host, x.syn, x.dst)
+            first = all(x.tries == 1 for x in bisecting)
+            self.serve(time.monotonic() + (MTU_WAIT if first else retry_wait),
+                       lambda: all(x.outcome for x in bisecting) and all(x.mss for x in asking))
+            for x in bisecting:
+                if x.outcome == "crossed":
+                    x.lo = x.size
+                elif x.outcome == "too big":
+                    x.hi = min(x.hi, x.size - 1)
+                elif x.tries > retries:
+                    x.hi, x.silent, x.outcome = x.size - 1, True, "lost"
+        return {x.id: {"mtu": x.lo, "silent": x.silent, "why": x.why, "mss": x.mss} for x in searches}
+
+    def _send_sized(self, x: Search) -> None:
+        """An echo of exactly x.size bytes with DF set; one this host's own link cannot send is too big."""
+        pad = x.size - 28
+        data = bytes(IP(src=x.src, dst=x.dst, flags="DF") / ICMP(id=x.ident, seq=x.size) / Raw(b"\x00" * pad))
+        try:
+            x.host.send.sendto(data, (x.dst, 0))
+        except OSError as exc:
+            x.outcome, x.why = "too big", f"{x.src}'s own link ({exc.strerror})"
 
     def serve(self, until: float, done) -> None:
         """Answer and match until the deadline, or until done(); at least one poll of every socket."""
@@ -211,21 +325,36 @@ class Engine:
         self.serve(time.monotonic() + 2.0, lambda: wanted <= self.warm)
         return sorted(wanted - self.warm)
 
-    def run(self, probes: list[dict], timeout: float) -> None:
+    def run(self, probes: list[dict], timeout: float, retries: int = 0, retry_wait: float = 0.5) -> None:
         """Reach probes first, then isolation probes in batches; between batches the responders answer
-        and replies are matched, so no answer waits behind the rest of the burst."""
-        expect = {p["id"] for p in probes if p.get("expect_reply", True)}
+        and replies are matched, so no answer waits behind the rest of the burst. Then, on a lossy
+        path, up to `retries` rounds resend every probe still without an answer or a refusal (the
+        same packet: an answer to any copy proves the same thing)."""
         ordered = sorted(probes, key=lambda p: not p.get("expect_reply", True))
-        for i, probe in enumerate(ordered):
+        packets = []
+        for probe in ordered:
             host = self.hosts[probe["ns"]]
             data, key, check = build(host, probe)
             host.keys[key] = probe["id"]
             self.checks[probe["id"]] = check
+            packets.append((probe, host, data))
+        self._round(packets, timeout)
+        for _ in range(retries):
+            packets = [(p, h, d) for p, h, d in packets if p["id"] not in self.answered and p["id"] not in self.refused]
+            if not packets:
+                return
+            for probe, _h, _d in packets:
+                self.attempts[probe["id"]] = self.attempts.get(probe["id"], 1) + 1
+            self._round(packets, retry_wait)
+
+    def _round(self, packets: list[tuple[dict, Host, bytes]], wait: float) -> None:
+        expect = {p["id"] for p, _h, _d in packets if p.get("expect_reply", True)}
+        for i, (probe, host, data) in enumerate(packets):
             self._send(host, data, probe["dst"])
             if i % BATCH == BATCH - 1:
                 self.poll()
-        end = time.monotonic() + timeout
-        self.serve(end, lambda: False if len(expect) < len(probes) else expect <= self.answered)
+        end = time.monotonic() + wait
+        self.serve(end, lambda: False if len(expect) < len(packets) else expect <= self.answered)
 
     def _send(self, host: Host, data: bytes, dst: str) -> None:
         for _ in range(200):
@@ -248,10 +377,14 @@ def main() -> None:
     marks.append(time.monotonic())
     unresolved = engine.warm_up()
     marks.append(time.monotonic())
-    engine.run(request["probes"], request["timeout"])
+    engine.run(request["probes"], request["timeout"], request.get("retries", 0), request.get("retry_wait", 0.5))
     marks.append(time.monotonic())
-    phases = dict(zip(("open", "warm_up", "send_and_wait"), (round(b - a, 3) for a, b in zip(marks, marks[1:]))))
-    json.dump({"answered": sorted(engine.answered), "refused": engine.refused, "unresolved": unresolved,
+    mtu = engine.path_mtu(request.get("mtu", []), request.get("retries", 0), request.get("retry_wait", 0.5))
+    marks.append(time.monotonic())
+    phases = dict(zip(("open", "warm_up", "send_and_wait", "path_mtu"),
+                      (round(b - a, 3) for a, b in zip(marks, marks[1:]))))
+    json.dump({"answered": sorted(engine.answered), "refused": engine.refused, "attempts": engine.attempts, "mtu": mtu,
+               "unresolved": unresolved,
                "drops": {h.ns: h.drops for h in engine.hosts.values() if h.drops}, "seconds": phases}, sys.stdout)
 
 

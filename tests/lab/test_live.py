@@ -297,6 +297,132 @@ def test_loss_mtu_and_refused_delay(lab):
     assert st["backbone_paths"] == {"TestVNet1": "mtu 1400"}
 
 
+def test_verify_resends_under_loss_and_still_fails_a_blocked_path(lab):
+    """5 % loss on both gateways' paths: verify passes, and says which checks took more than one
+    attempt. Then a firewall drops ESP and NAT-T on the path: verify fails, after its bounded retries."""
+    name = "t-lossy"
+    assert lab.cli("up", "--name", name).returncode == 0
+    for vnet in ("TestVNet1", "TestVNet4"):
+        assert lab.cli("impair", "--name", name, "--vnet", vnet, "--loss", "5").returncode == 0
+    retried = 0
+    for _ in range(2):  # one run sends 24 reach probes; at least one is lost in 99 % of runs
+        res = lab.cli("verify", "--name", name, "--json")
+        report = json.loads(res.stdout)
+        assert res.returncode == 0, [c for c in report["checks"] if not c["ok"]]
+        assert report["retries"]["loss_percent"] == 5 and report["retries"]["max_attempts"] > 1
+        again = [c for c in report["checks"] if c.get("attempts")]
+        assert report["retries"]["retried_checks"] == len(again)
+        assert all(c["kind"] == "reach" and "attempts (loss on the path)" in c["detail"] for c in again)
+        retried += len(again)
+    assert retried, "no probe needed a second attempt at 5 % loss on both paths"
+    assert "needed more than one attempt" in lab.cli("verify", "--name", name).stdout
+    blocked = lab.cli("impair", "--name", name, "--vnet", "TestVNet4", "--loss", "5", "--block", "esp,natt")
+    assert blocked.returncode == 0
+    res = lab.cli("verify", "--name", name, "--json")
+    report = json.loads(res.stdout)
+    lost = [c for c in report["checks"] if c["kind"] == "reach" and not c["ok"]]
+    assert res.returncode == 1 and lost
+    attempts = report["retries"]["max_attempts"]
+    assert all(f"no answer in {attempts} attempts" in c["detail"] or "NotConnected" in c["detail"] for c in lost)
+
+
+def _tcp_bytes(lab, name: str, src: str, dst: str, dst_ip: str, seconds: int = 2) -> int:
+    """Bytes a TCP transfer of `seconds` (iperf3) delivers from node src to node dst."""
+    nodes = {n["node"]: n["netns"] for n in json.loads(lab.cli("nodes", "--name", name, "--json").stdout)["nodes"]}
+    server = subprocess.Popen(["ip", "netns", "exec", nodes[dst], "iperf3", "-s", "-1", "-p", "5211"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        out = subprocess.run(["ip", "netns", "exec", nodes[src], "iperf3", "-c", dst_ip, "-p", "5211", "-t",
+                              str(seconds), "-J", "--connect-timeout", "2000"], capture_output=True, text=True,
+                             timeout=seconds + 20).stdout
+        return json.loads(out)["end"]["sum_received"]["bytes"]
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_small_mtu_is_measured_black_holes_tcp_and_a_clamp_fixes_it(lab, tmp_path, dataplane):
+    """mtu 1400 on TestVNet4's link: verify reports a path MTU below 1400 by the ESP overhead and a
+    TCP black hole (a large DF packet vanishes, TCP stalls), which TestVNet4's clamp at Azure's 1350
+    (from the plan) does not fix on this path; a clamp at the path MTU - 40 makes TCP work."""
+    import yaml
+
+    plan = tmp_path / "mtu.yaml"
+    data = yaml.safe_load(_with((PLANS / "classic-vnet-to-vnet.yaml").read_text(),
+                                backbone={"TestVNet4": {"mtu": 1400}}))
+    data["vnets"]["TestVNet4"]["gateway"]["tcp_mss_clamp"] = 1350
+    plan.write_text(yaml.safe_dump(data))
+    name = "t-mtu"
+    assert lab.cli("up", str(plan), "--name", name, "--dataplane", dataplane).returncode == 0
+    # first, while no host has learned a path MTU (verify's search in the other direction makes a
+    # kernel gateway send ICMP, and a host that learned it advertises a smaller MSS)
+    assert _tcp_bytes(lab, name, "TestVNet1/default", "TestVNet4/default", "10.41.0.4") < 100_000
+    ping = ["ping", "-n", "-c", "2", "-W", "1", "-M", "do", "-s"]
+    big = lab.exec_(name, "TestVNet1/default", *ping, "1372", "10.41.0.4")
+    assert big.returncode != 0 and "Frag needed" not in big.stdout  # no ICMP comes back: a black hole
+    res = lab.cli("verify", "--name", name, "--json")
+    checks = json.loads(res.stdout)["checks"]
+    mtus = [c for c in checks if c["kind"] == "mtu"]
+    assert res.returncode == 1 and len(mtus) == 2 and all(c["ok"] for c in checks if c["kind"] != "mtu")
+    smallest = min(c["mtu"] for c in mtus)
+    assert 1400 - 100 <= smallest <= 1400 - 40, mtus  # ESP's overhead: outer IP, (UDP,) ESP header, IV, ICV
+    holes = [c for c in mtus if not c["ok"]]
+    assert holes and all("TCP black hole" in c["detail"] and c["mss"] == 1350 for c in holes)
+    assert lab.exec_(name, "TestVNet1/default", *ping, str(smallest - 28), "10.41.0.4").returncode == 0
+    clamp = lab.cli("clamp", "--name", name, "--vnet", "TestVNet1", "--mss", str(smallest - 40))
+    assert clamp.returncode == 0, clamp.stderr
+    res = lab.cli("verify", "--name", name, "--json")
+    mtus = [c for c in json.loads(res.stdout)["checks"] if c["kind"] == "mtu"]
+    assert res.returncode == 0 and all(c["mss"] == smallest - 40 for c in mtus), mtus
+    assert _tcp_bytes(lab, name, "TestVNet1/default", "TestVNet4/default", "10.41.0.4") > 1_000_000
+    assert json.loads(lab.cli("gateway", "--name", name, "--vnet", "TestVNet1", "--json").stdout)["TcpMssClamp"] \
+        == smallest - 40
+    assert lab.cli("clamp", "--name", name, "--vnet", "TestVNet1", "--off").returncode == 0
+    rules = subprocess.run(["ip", "netns", "exec", f"{name}.v.TestVNet1", "nft", "list", "ruleset"],
+                           capture_output=True, text=True).stdout
+    assert "maxseg" not in rules
+
+
+def test_a_site_behind_nat_traverses_it_and_a_path_without_natt_is_named(lab, tmp_path, dataplane):
+    """HQ's VPN device behind a masquerading NAT: Connected, NAT-T detected, only UDP 4500 from the
+    NAT's public address on HQ's backbone link (never the device's own address), verify passes.
+    With UDP 4500 dropped on HQ's path: NotConnected, fault NatTraversal. down leaves nothing."""
+    import yaml
+    from scapy.layers.inet import IP, UDP
+    from scapy.utils import rdpcap
+
+    data = yaml.safe_load((PLANS / "vnet-to-vnet-plus-onprem.yaml").read_text())
+    data["local_sites"]["HQ"]["behind_nat"] = True
+    plan = tmp_path / "nat.yaml"
+    plan.write_text(yaml.safe_dump(data))
+    name = "t-nat"
+    assert lab.cli("up", str(plan), "--name", name, "--dataplane", dataplane).returncode == 0
+    st = lab.status(name)
+    assert st[("TestVNet1", "HQ")]["nat_traversal"].startswith("the peer is behind a NAT")
+    assert st[("HQ", "HQ")]["nat_traversal"].startswith("this side is behind a NAT")  # the device's row
+    assert st[("TestVNet1", "VNet4Local")]["nat_traversal"] is None
+    nodes = {n["node"]: n for n in json.loads(lab.cli("nodes", "--name", name, "--json").stdout)["nodes"]}
+    public = nodes["HQ/nat"]["address"].split()[0]
+    assert nodes["HQ"]["address"].startswith("100.64.0.2") and public.startswith("198.51.100.")
+    res = lab.cli("verify", "--name", name, "--pcap", str(tmp_path / "pcap"))
+    assert res.returncode == 0, res.stdout[-3000:]
+    canary_end = "198.51.100.0"  # the backbone's side of HQ's link: its canary, and the answer to it
+    seen = [p[IP] for p in rdpcap(str(tmp_path / "pcap" / "HQ.pcap"))
+            if IP in p and canary_end not in (p[IP].src, p[IP].dst)]
+    # the device's own address never reaches the backbone; everything is NAT-T: UDP 4500 both ends
+    assert any(p.src == public for p in seen) and all(public in (p.src, p.dst) for p in seen)
+    assert all(p.proto == 17 and p[UDP].sport == p[UDP].dport == 4500 for p in seen), \
+        sorted({(p.src, p.proto, p.sprintf("%UDP.sport%>%UDP.dport%")) for p in seen})
+    assert lab.cli("down", "--name", name).returncode == 0
+    assert not [p for p in Path("/run/netns").iterdir() if p.name.startswith(name + ".")]
+    data["backbone"] = {"HQ": {"block": ["natt"]}}
+    plan.write_text(yaml.safe_dump(data))
+    assert lab.cli("up", str(plan), "--name", name, "--dataplane", dataplane, "--timeout", "3").returncode == 1
+    fault = lab.status(name)[("TestVNet1", "HQ")]["fault"]
+    assert fault["type"] == "NatTraversal", fault
+
+
 def test_backbone_section_applies_at_up_and_delay_is_refused_before_anything(lab, tmp_path):
     text = (PLANS / "classic-vnet-to-vnet.yaml").read_text()
     plan = tmp_path / "path.yaml"

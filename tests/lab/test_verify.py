@@ -94,7 +94,7 @@ def test_rate_below_the_cap_is_rechecked_without_the_shaper(lab, monkeypatch):
     shaper, measure the raw data plane, put the shaper back, and blame the right one."""
     from emulator import lab as labmod
     from emulator.throughput import Direction, Rate, judge
-    from emulator.verify import _hosts_by_space, _Workers
+    from emulator.verify import _hosts_by_space, Workers
     from netns import ops
 
     assert lab.cli("up", "--name", "t-judge").returncode == 0
@@ -102,7 +102,7 @@ def test_rate_below_the_cap_is_rechecked_without_the_shaper(lab, monkeypatch):
     running = labmod.open_lab("t-judge")
     gw = running.topology.gateway("TestVNet1")
     d = Direction(_hosts_by_space(running, "TestVNet1")[0], _hosts_by_space(running, "TestVNet4")[0], gw)
-    workers = _Workers(running)
+    workers = Workers(running)
     try:
         ok, why = judge(running, workers, d, Rate(goodput=9.0, wire=10.0), duration=1)
     finally:

@@ -119,7 +119,7 @@ def test_refusals(lab):
 
 @pytest.mark.parametrize("argv", [["demo", "psk-mismatch"], ["demo", "psk-mismatch", "--ike", "1"],
                                   ["demo", "walkthrough"], ["demo", "walkthrough", "--ike", "1"],
-                                  ["demo", "dead-peer"]])
+                                  ["demo", "dead-peer"], ["demo", "mtu"], ["demo", "nat"]])
 def test_demos(lab, argv):
     res = lab.cli(*argv, "--name", "t-demo", timeout=180)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr

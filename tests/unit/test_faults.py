@@ -12,6 +12,7 @@ CASES = [
     ("peer unreachable: no gateway answers at 5.4.3.2 (no answer to IKE_SA_INIT)", "PeerReachability"),
     ("peer unreachable (PeerReachability): TestVNet1's backbone path drops ike (UDP 500)", "PeerReachability"),
     ("the backbone link of TestVNet1 is down: no route to any peer", "PeerReachability"),
+    ("NAT traversal fails (NatTraversal): HQ's VPN device sits behind a NAT, so IKE moves to UDP 4500", "NatTraversal"),
     ("gateway daemon of TestVNet1 is not running: its supervisor restarts it", "GatewayNotRunning"),
     ("key not set on TestVNet4 for VNet1Local (vnetlab set-key)", "KeyNotSet"),
     ("disconnected (Set-AzureVNetGateway -Disconnect); reconnect with vnetlab connect", "Disconnected"),

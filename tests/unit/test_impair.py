@@ -39,3 +39,28 @@ def test_conditions_describe_themselves():
     assert PathConditions().describe() == "clean"
     assert PathConditions(mtu=1400, loss=5, delay_ms=30, jitter_ms=5, block=frozenset({"natt", "esp"})).describe() == \
         "mtu 1400, loss 5%, delay 30 ms ± 5 ms, blocks esp, natt"
+
+
+def test_retries_make_a_false_failure_under_loss_rarer_than_one_in_a_million_and_stay_bounded():
+    from emulator.verify import MAX_RETRIES, retries_for
+
+    assert retries_for(0) == 0
+    for loss in (0.5, 1, 5):
+        n = retries_for(loss) + 1
+        assert (1 - (1 - loss / 100) ** 4) ** n <= 1e-6 < (1 - (1 - loss / 100) ** 4) ** (n - 1)
+    assert retries_for(50) == retries_for(100) == MAX_RETRIES
+
+
+def test_the_backbone_judge_knows_a_fragmented_esp_in_udp_packet_from_clear_traffic():
+    """A gateway behind a small MTU fragments its ESP-in-UDP; only the first fragment has ports."""
+    from scapy.layers.inet import IP, UDP, fragment
+    from scapy.packet import Raw
+
+    from emulator.workers.capture import classify, first_fragments
+
+    esp = IP(src="203.0.113.3", dst="203.0.113.1", id=7) / UDP(sport=4500, dport=4500) / Raw(b"\x00\x00\x10\x01" + bytes(1500))
+    clear = IP(src="203.0.113.3", dst="203.0.113.1", id=8) / UDP(sport=53, dport=53) / Raw(bytes(1500))
+    packets = [IP(bytes(f)) for f in fragment(esp, 1000) + fragment(clear, 1000)]
+    found = first_fragments(packets)
+    assert [classify(p, found) for p in packets] == ["esp", "esp", "other", "other"]
+    assert classify(packets[1]) == "other"  # a later fragment alone proves nothing

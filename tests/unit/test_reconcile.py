@@ -8,8 +8,8 @@ import pytest
 from emulator.lab import Changes
 from emulator.model import SharedKey
 from emulator.plan import load_plan
-from emulator.reconcile import (AddRoute, DelRoute, Initiate, LiveState, Load, SetLink, SetRate, StartDaemon, StopDaemon,
-                                Terminate, Unload, WriteConfig, desired_state, diff, replay)
+from emulator.reconcile import (AddRoute, DelRoute, Initiate, LiveState, Load, SetClamp, SetLink, SetRate, StartDaemon,
+                                StopDaemon, Terminate, Unload, WriteConfig, desired_state, diff, replay)
 from emulator.topology import build_topology
 from tests.conftest import PLANS
 
@@ -157,7 +157,23 @@ def test_recorded_changes_survive_their_file(tmp_path):
 
     changes = Changes(keys={"TestVNet1/VNet4Local": "Other9"}, gateway_ips={"VNet4Local": "auto"},
                       disconnected=frozenset({"TestVNet4/VNet1Local"}), links_down=frozenset({"TestVNet1"}),
-                      paths={"TestVNet1": PathConditions(mtu=1400, loss=2.5, block=frozenset({"esp", "ike"}))})
+                      paths={"TestVNet1": PathConditions(mtu=1400, loss=2.5, block=frozenset({"esp", "ike"}))},
+                      clamps={"TestVNet1": 1302, "TestVNet4": None})
     changes.write(tmp_path)
     assert Changes.read(tmp_path) == changes
     assert oct((tmp_path / "changes.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_an_mss_clamp_from_the_plan_or_live_is_one_action_and_nothing_else():
+    plan = _plan()
+    topo, plain = _state(plan)
+    clamped_plan = plan.with_clamp("TestVNet1", 1350)
+    topo2, clamped = _state(clamped_plan)
+    ns = topo.gateway("TestVNet1").netns
+    assert diff(plain, clamped, topo2) == [SetClamp(ns, 1350)]
+    assert diff(clamped, plain, topo) == [SetClamp(ns, None)]
+    assert SetClamp(ns, None).describe().endswith("no TCP MSS clamp")
+    assert SetClamp(ns, None) in diff(LiveState.from_json(clamped.to_json()), plain, topo)
+    live = Changes(clamps={"TestVNet1": 1302}).apply(clamped_plan)
+    assert live.vnet("TestVNet1").gateway.tcp_mss_clamp == 1302
+    assert Changes(clamps={"TestVNet1": None}).apply(clamped_plan).vnet("TestVNet1").gateway.tcp_mss_clamp is None
