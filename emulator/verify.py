@@ -397,7 +397,8 @@ def mtu_check(p: Probe, found: dict) -> Check:
     mtu, mss = found["mtu"], found["mss"]
     larger = ("vanish without an ICMP \"fragmentation needed\" (a black hole)" if found["silent"]
               else f"get {found['why']}" if found["why"] else "do not leave the host")
-    clamped = f" (offered {MSS_OFFERED}: clamped)" if mss and mss < MSS_OFFERED else ""
+    clamped = f" ({MSS_OFFERED} offered: a gateway's clamp, or the answering host's learned path MTU)" \
+        if mss and mss < MSS_OFFERED else ""
     handshake = f"TCP MSS across the tunnel {mss}{clamped}" if mss else "no SYN-ACK to the MSS probe"
     detail = f"path MTU {mtu} bytes (the largest packet that crosses both ways, DF set); larger ones {larger}; {handshake}"
     ok = not found["silent"] or (mss is not None and mss + 40 <= mtu)

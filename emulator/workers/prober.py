@@ -145,6 +145,7 @@ class Search:
     tries: int = 0
     silent: bool = False  # a larger size vanished without an ICMP error: a black hole
     why: str = ""  # who said a size was too big
+    told: bool = False  # an ICMP error named the MTU: try that size next instead of bisecting
     mss: int | None = None  # the MSS option of the SYN-ACK that came back
     syn: bytes = b""  # the MSS probe
 
@@ -239,12 +240,14 @@ class Engine:
             who = "the sending host itself, which learned it before" if p.src == search.src else p.src
             search.why = f"ICMP fragmentation needed from {who} (mtu {p[ICMP].nexthopmtu})"
             if 0 < p[ICMP].nexthopmtu < search.size:
-                search.hi = min(search.hi, p[ICMP].nexthopmtu)
+                search.hi, search.told = min(search.hi, p[ICMP].nexthopmtu), True
         return search is not None
 
     def path_mtu(self, specs: list[dict], retries: int, retry_wait: float) -> dict:
-        """Bisect every tunnel's path MTU at once; a size without any answer is resent `retries`
-        times (loss) before it counts as lost in a black hole. The MSS probe is resent likewise."""
+        """Search every tunnel's path MTU at once: the link's MTU first, then the MTU an ICMP error
+        names, else bisection (a clean path takes two or three echoes). A size without any answer is
+        resent `retries` times (loss) before it counts as lost in a black hole. The MSS probe is
+        resent likewise."""
         searches = []
         for spec in specs:
             if spec["after"] not in self.answered:
@@ -263,8 +266,9 @@ class Engine:
             if not bisecting and not asking:
                 break
             for x in bisecting:
-                if x.outcome or not x.size:
-                    x.size, x.outcome, x.tries = (x.lo + x.hi + 1) // 2, "", 0
+                if x.outcome or not x.size:  # first the largest size, and the size an ICMP error named
+                    size = x.hi if not x.size or x.told else (x.lo + x.hi + 1) // 2
+                    x.size, x.outcome, x.tries, x.told = size, "", 0, False
                 x.tries += 1
                 self._send_sized(x)
             for x in asking:
