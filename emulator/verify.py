@@ -304,6 +304,19 @@ def mtu_searches(probes: list[Probe]) -> list[MtuSearch]:
     return searches
 
 
+JUDGE_SECONDS = 600  # the capture judges every byte it saw: a 300-VNet ring's run takes tens of seconds
+
+
+def _answer(proc: subprocess.Popen, request: str, seconds: float, what: str) -> tuple[str, str]:
+    """A worker's answer to its one request, within `seconds`; past them, a clear failure (exit 3)."""
+    try:
+        return proc.communicate(request, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise EnvironmentProblem(f"{what} gave no answer within {seconds:.0f} s") from None
+
+
 def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: float,
                searches: list[MtuSearch] = ()) -> ProbeRun:
     """Send every probe from one engine process (workers/prober.py), capturing the backbone meanwhile;
@@ -336,7 +349,7 @@ def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: fl
                    "mtu": [m.request() for m in searches]}
         engine = workers.start([sys.executable, "-m", "emulator.workers.prober"], "probe engine")
         rounds = timeout + retries * RETRY_WAIT + len(probes) * (1 + retries) / 500
-        out, err = engine.communicate(json.dumps(request), timeout=rounds + 60)
+        out, err = _answer(engine, json.dumps(request), rounds + 60, "the probe engine")
         if engine.returncode != 0:
             raise EnvironmentProblem(f"the probe engine failed: {err[-800:]}")
         result = json.loads(out)
@@ -347,9 +360,9 @@ def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: fl
                 pcap_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise UsageError(f"--pcap {pcap_dir}: cannot create: {exc.strerror or exc}") from None
-        out, err = capture.communicate(json.dumps({"nonces": sorted(set(nonces.values())), "private": private,
-                                                   "pcap_dir": str(pcap_dir.resolve()) if pcap_dir else None}) + "\n",
-                                       timeout=60)
+        judge = {"nonces": sorted(set(nonces.values())), "private": private,
+                 "pcap_dir": str(pcap_dir.resolve()) if pcap_dir else None}
+        out, err = _answer(capture, json.dumps(judge) + "\n", JUDGE_SECONDS, "the backbone capture's judgement")
         if capture.returncode != 0:
             raise EnvironmentProblem(f"backbone capture failed: {err[-500:]}")
         if pcap_dir is not None:
