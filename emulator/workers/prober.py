@@ -246,8 +246,8 @@ class Engine:
     def path_mtu(self, specs: list[dict], retries: int, retry_wait: float) -> dict:
         """Search every tunnel's path MTU at once: the link's MTU first, then the MTU an ICMP error
         names, else bisection (a clean path takes two or three echoes). A size without any answer is
-        resent `retries` times (loss) before it counts as lost in a black hole. The MSS probe is
-        resent likewise."""
+        resent `retries` times (loss) before it counts as lost in a black hole. The MSS probes go
+        first, resent likewise."""
         searches = []
         for spec in specs:
             if spec["after"] not in self.answered:
@@ -260,10 +260,18 @@ class Engine:
             self.searches[(host.ns, "icmp", x.dst, x.ident)] = x
             self.searches[(host.ns, "tcp", x.dst, host.next_ident)] = x
             searches.append(x)
-        for round_ in range(32 * (1 + retries)):  # 32: more than any bisection of 68..9000 needs
+        # the handshakes first: the search's own ICMP errors teach hosts a path MTU, and a host that
+        # learned one advertises a smaller MSS, which is not what a first connection gets
+        for _ in range(1 + retries):
+            asking = [x for x in searches if x.mss is None]
+            if not asking:
+                break
+            for x in asking:
+                self._send(x.host, x.syn, x.dst)
+            self.serve(time.monotonic() + MTU_WAIT, lambda: all(x.mss for x in asking))
+        for _ in range(32 * (1 + retries)):  # 32: more than any bisection of 68..9000 needs
             bisecting = [x for x in searches if x.lo < x.hi]
-            asking = [x for x in searches if x.mss is None and round_ <= retries]
-            if not bisecting and not asking:
+            if not bisecting:
                 break
             for x in bisecting:
                 if x.outcome or not x.size:  # first the largest size, and the size an ICMP error named
@@ -271,11 +279,9 @@ class Engine:
                     x.size, x.outcome, x.tries, x.told = size, "", 0, False
                 x.tries += 1
                 self._send_sized(x)
-            for x in asking:
-                self._send(x.host, x.syn, x.dst)
             first = all(x.tries == 1 for x in bisecting)
             self.serve(time.monotonic() + (MTU_WAIT if first else retry_wait),
-                       lambda: all(x.outcome for x in bisecting) and all(x.mss for x in asking))
+                       lambda: all(x.outcome for x in bisecting))
             for x in bisecting:
                 if x.outcome == "crossed":
                     x.lo = x.size
