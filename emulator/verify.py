@@ -288,7 +288,7 @@ class MtuSearch:
     def request(self) -> dict:
         p = self.probe
         return {"id": self.id, "ns": p.src.netns, "src": str(p.src.address), "dst": str(p.dst.address),
-                "port": p.port, "max": HOST_MTU, "after": p.id}
+                "port": p.port, "max": HOST_MTU, "mss": MSS_OFFERED, "after": p.id}
 
 
 def mtu_searches(probes: list[Probe]) -> list[MtuSearch]:

@@ -1,7 +1,7 @@
 """The probe engine: every probe of a verify run, from every test host of the lab, in one process.
 
 stdin: {"timeout": S, "retries": N, "retry_wait": S,  # retries: rounds that resend what got no answer
-        "mtu": [{"id", "ns", "src", "dst", "port", "max", "after": probe id}],  # path MTU searches, once
+        "mtu": [{"id", "ns", "src", "dst", "port", "max", "mss", "after": probe id}],  # path MTU searches, once
                                                     # that probe (a small echo on the same path) was answered
         "hosts": [{"ns", "address", "router", "ports": [int]}],  # every host a probe leaves from or goes to
         "probes": [{"id", "ns", "proto": icmp|tcp|udp, "src", "dst", "port", "nonce": hex}]}
@@ -28,7 +28,7 @@ TCP resets that quote a probe say where it was refused.
 The path MTU of a tunnel is searched by bisection, all tunnels at once: ICMP echoes with DF set,
 the largest that comes back (the echo crosses both ways). A size that is too large gets an ICMP
 "fragmentation needed" (a gateway that knows), or nothing at all: a black hole. One SYN carrying
-MSS 1460 shows what a TCP handshake's MSS becomes across the tunnel (a gateway's clamp lowers it).
+the MSS a host on a 1500-byte link offers (1460) shows what a TCP handshake's MSS becomes across the tunnel (a gateway's clamp lowers it).
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ SO_RCVBUFFORCE = 33
 BUFFER = 8 * 1024 * 1024
 BATCH = 200  # probes sent between two polls of every socket
 MTU_WAIT = 0.25  # s per bisection round for a size that gets no answer (inside the lab, answers take ms)
-MSS_OFFERED = 1460
 ICMP_REASONS = {(3, 0): "net unreachable", (3, 1): "host unreachable", (3, 3): "port unreachable",
                 (3, 4): "fragmentation needed", (3, 13): "administratively prohibited", (11, 0): "TTL exceeded"}
 
@@ -256,7 +255,7 @@ class Engine:
             host.next_ident += 1
             x = Search(spec["id"], host, spec["src"], spec["dst"], 68, spec["max"], host.next_ident & 0xFFFF)
             x.syn = bytes(IP(src=x.src, dst=x.dst) / TCP(sport=host.next_ident, dport=spec["port"], flags="S",
-                                                         options=[("MSS", MSS_OFFERED)]))
+                                                         options=[("MSS", spec["mss"])]))
             self.searches[(host.ns, "icmp", x.dst, x.ident)] = x
             self.searches[(host.ns, "tcp", x.dst, host.next_ident)] = x
             searches.append(x)
