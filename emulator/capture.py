@@ -12,7 +12,6 @@ tcpdump, not scapy, writes the files: a C program with the kernel's BPF filter, 
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from netns.registry import Registry, end_with_parent
 
+from . import interrupts
 from .keylog import KEYS_FILE, IkeKeys
 from .keytables import KeyTables, read_records, tables, write_tables
 from .lab import WORKER_CWD, Lab
@@ -110,30 +110,29 @@ def capture(lab: Lab, chosen: list[GatewayNode], out: Path, duration: float | No
     registry = Registry(lab.directory)
     procs, pcaps = [], []
     started = time.monotonic()
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        for gw in chosen:
-            path = out.resolve() / f"{gw.name}.pcap"
-            path.unlink(missing_ok=True)
-            procs.append(start_tcpdump(registry, "capture", lab.topology.backbone, backbone_iface(lab, gw), path,
-                                       with_parent=True))
-            pcaps.append(path)
+    with interrupts.sigterm_too():
         try:
-            deadline = started + duration if duration else None
-            while deadline is None or time.monotonic() < deadline:
-                time.sleep(0.05 if deadline is None else min(0.05, max(0.0, deadline - time.monotonic())))
-        except KeyboardInterrupt:
-            pass
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
+            for gw in chosen:
+                path = out.resolve() / f"{gw.name}.pcap"
+                path.unlink(missing_ok=True)
+                procs.append(start_tcpdump(registry, "capture", lab.topology.backbone, backbone_iface(lab, gw), path,
+                                           with_parent=True))
+                pcaps.append(path)
             try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        signal.signal(signal.SIGTERM, previous)
+                deadline = started + duration if duration else None
+                while deadline is None or time.monotonic() < deadline:
+                    time.sleep(0.05 if deadline is None else min(0.05, max(0.0, deadline - time.monotonic())))
+            except KeyboardInterrupt:
+                pass
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
     kt = key_tables(lab)
     return CaptureResult(pcaps, kt, write_tables(kt, out), time.monotonic() - started)
 
@@ -178,6 +177,3 @@ def _ike_keys_loader(dirs: list[Path]) -> Callable[[], list[IkeKeys]]:
         return last["keys"]
     return load
 
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt

@@ -7,7 +7,7 @@ import getpass
 import os
 import sys
 
-from . import lab as labmod
+from . import interrupts, lab as labmod
 from .problems import ExitCode, UsageError
 from .report import print_json, print_problems, table
 from .executor import read_snapshot
@@ -367,8 +367,6 @@ def capture(args: argparse.Namespace) -> int:
 
 def trace(args: argparse.Namespace) -> int:
     import json
-    import signal
-
     from .capture import choose_gateways, recorded_messages
 
     lab = labmod.open_lab(args.name)
@@ -377,18 +375,16 @@ def trace(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"lab '{lab.name}': IKE messages on the backbone since up"
               + (f", to or from {', '.join(g.name for g in chosen)}" if only else ""))
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     shown = 0
-    try:
-        for msg in recorded_messages(lab, follow=args.follow):
-            if only and msg.src not in only and msg.dst not in only:
-                continue
-            shown += 1
-            print(json.dumps(msg.as_dict()) if args.json else msg.line(), flush=args.follow)
-    except KeyboardInterrupt:
-        pass  # the way to end --follow
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with interrupts.sigterm_too():
+        try:
+            for msg in recorded_messages(lab, follow=args.follow):
+                if only and msg.src not in only and msg.dst not in only:
+                    continue
+                shown += 1
+                print(json.dumps(msg.as_dict()) if args.json else msg.line(), flush=args.follow)
+        except KeyboardInterrupt:
+            pass  # the way to end --follow
     if not shown and not args.json:
         print("no IKE messages recorded")
     return ExitCode.OK

@@ -1,8 +1,8 @@
 """The `vnetlab` command. Its first act is to make a Ctrl-C that arrives while Python is still
 importing end quietly with 130 (nothing is built yet), instead of with an import traceback;
-from the command's first line on, Ctrl-C is a KeyboardInterrupt that the command handles.
-Once the command has returned, its answer stands: a Ctrl-C then is ignored, because Python's
-shutdown puts back the default handler and would otherwise kill a finished command with SIGINT."""
+from the command's first line on, Ctrl-C follows interrupts.py. Once the command has returned,
+its answer stands: a Ctrl-C then is ignored, because Python's shutdown puts back the default
+handler and would otherwise kill a finished command with SIGINT."""
 
 import os
 import signal
@@ -18,9 +18,10 @@ signal.signal(signal.SIGINT, _before_start)
 
 
 def run() -> int:
+    from . import interrupts
     from .cli import main
 
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupts.arm()
     try:
         return main()
     finally:

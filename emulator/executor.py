@@ -185,10 +185,13 @@ def _netlink(n: ops.Namespace, a: Action) -> None:
         n.set_state("bb", a.up)
     elif isinstance(a, SetPath):
         impair.apply(n, a.conditions)
+        if a.delay_at:
+            with ops.Namespace(a.delay_at[0]) as far:
+                impair.delay(far, a.delay_at[1], a.conditions)
     elif isinstance(a, SetClamp):
         impair.clamp(n, a.mss)
     elif isinstance(a, SetRate):
         if a.mbps:
             n.limit_rate("bb", a.mbps)
         else:
-            n.clear_rate("bb")
+            n.clear_root_qdisc("bb")

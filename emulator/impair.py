@@ -1,9 +1,9 @@
 """Path conditions on a gateway's backbone link, as the kernel does them: the MTU by netlink, loss
 and a firewall's drops by nftables (in the gateway's own namespace, so `down` takes them with it).
-Delay and jitter need the kernel's netem, which not every kernel has: asked for where it is
-missing, they are refused before anything changes (exit 3). Also the remedy Azure asks of VPN
-devices for a small path MTU, clamping the MSS of the TCP handshakes the gateway forwards, and
-the masquerade of a NAT in front of an on-premises device.
+Delay and jitter are the kernel's netem, on the backbone's end of the link (see reconcile), which
+not every kernel has: asked for where it is missing, they are refused before anything changes
+(exit 3). Also the remedy Azure asks of VPN devices for a small path MTU, clamping the MSS of the
+TCP handshakes the gateway forwards, and the masquerade of a NAT in front of an on-premises device.
 
 A smaller MTU on a gateway's link is not known to the backbone's end of it: a packet too large
 for it vanishes without an ICMP "fragmentation needed", the black hole of a path whose ICMP is
@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+from functools import cache
+
+from pyroute2.netlink.exceptions import NetlinkError
 
 from netns import ops
 
@@ -63,20 +66,22 @@ def masquerade(ns: str, ifname: str = "bb") -> None:
 
 def require_support(c: PathConditions) -> None:
     """Refuse, before anything changes, what this kernel cannot do."""
-    if c.delay_ms or c.jitter_ms:
-        raise EnvironmentProblem(
-            "delay and jitter need the kernel's netem queueing discipline (sch_netem), which this kernel lacks"
-            if not netem_available() else
-            "delay and jitter are not built by this version of vnetlab yet (netem is there); mtu, loss and block work")
+    if (c.delay_ms or c.jitter_ms) and not netem_available():
+        raise EnvironmentProblem("delay and jitter need the kernel's netem queueing discipline (sch_netem), which "
+                                 "this kernel lacks; mtu, loss and block work without it")
 
 
+@cache
 def netem_available() -> bool:
-    """Tried in a throwaway namespace, removed at once."""
+    """Tried once per command, in a throwaway namespace removed at once."""
     probe = f"vnetlab-netem-{os.getpid()}"
     ops.create(probe)
     try:
-        return subprocess.run(["ip", "netns", "exec", probe, "tc", "qdisc", "add", "dev", "lo", "root", "netem",
-                               "delay", "1ms"], capture_output=True).returncode == 0
+        with ops.Namespace(probe) as n:
+            n.delay("lo", 1, 0)
+        return True
+    except NetlinkError:
+        return False
     finally:
         ops.remove(probe)
 
@@ -84,6 +89,13 @@ def netem_available() -> bool:
 def apply(n: ops.Namespace, c: PathConditions, ifname: str = "bb") -> None:
     n.set_mtu(ifname, c.mtu or DEFAULT_MTU)
     _nft(n.name, nft_script(c, ifname), "the path conditions")
+
+
+def delay(n: ops.Namespace, ifname: str, c: PathConditions) -> None:
+    if c.delay_ms:
+        n.delay(ifname, c.delay_ms, c.jitter_ms)
+    else:
+        n.clear_root_qdisc(ifname)
 
 
 def clamp(n: ops.Namespace, mss: int | None) -> None:

@@ -14,7 +14,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import Iterator
 from netns import ops
 from netns.registry import Registry, read_jsonl
 
-from . import gateways, impair
+from . import gateways, impair, interrupts
 from .plan import LAB_RE, LAB_RULE, parse_plan_text, read_plan_file
 from .model import PathConditions, Plan, SharedKey
 from .problems import EnvironmentProblem, Problem, UsageError
@@ -276,80 +275,33 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
                                  "choose another --name")
     state_base().mkdir(mode=0o700, parents=True, exist_ok=True)
     registry = Registry.create(directory)
-    interrupts = _Interrupts()
-    try:
-        write_private(directory / PLAN_COPY, text)
-        _build_network(topo, registry)
-        interrupts.check()
-        chosen = choose_dataplane(dataplane, topo.backbone)
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        (directory / LAB_META).write_text(json.dumps({"name": plan.name, "dataplane": chosen, "created": created,
-                                                      "sku_limit": sku_limit}))
-        lab = Lab(directory, plan, topo, chosen, created, sku_limit)
-        _start_key_recorder(lab, registry)
-        start_ike_recorder(directory, topo.backbone, registry)
-        # up is apply(desired, nothing); the event monitor must listen before the first initiate
-        actions = diff(LiveState(), desired(lab), topo)
-        executor = Executor(lab, initiate_timeout=timeout, checkpoint=interrupts.check)
-        state = executor.run([a for a in actions if a.phase < Initiate.phase], LiveState())
-        _start_monitor(lab, registry)
-        executor.run([a for a in actions if a.phase >= Initiate.phase], state)
-        interrupts.check()  # an interrupt Python swallowed still undoes the lab
-        set_current(plan.name)
-    except BaseException:
-        if not keep_on_error and os.getpid() == _MAIN_PID:
-            # a second Ctrl-C must not cut the teardown short: it would leave half a lab
-            interrupts.ignore()
-            remove(registry)
-            _remove_base_if_empty()
-        raise
-    finally:
-        interrupts.close()
+    with interrupts.sigterm_too():
+        try:
+            write_private(directory / PLAN_COPY, text)
+            _build_network(topo, registry)
+            interrupts.check()
+            chosen = choose_dataplane(dataplane, topo.backbone)
+            created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            (directory / LAB_META).write_text(json.dumps({"name": plan.name, "dataplane": chosen, "created": created,
+                                                          "sku_limit": sku_limit}))
+            lab = Lab(directory, plan, topo, chosen, created, sku_limit)
+            _start_key_recorder(lab, registry)
+            start_ike_recorder(directory, topo.backbone, registry)
+            # up is apply(desired, nothing); the event monitor must listen before the first initiate
+            actions = diff(LiveState(), desired(lab), topo)
+            executor = Executor(lab, initiate_timeout=timeout, checkpoint=interrupts.check)
+            state = executor.run([a for a in actions if a.phase < Initiate.phase], LiveState())
+            _start_monitor(lab, registry)
+            executor.run([a for a in actions if a.phase >= Initiate.phase], state)
+            interrupts.check()  # an interrupt Python swallowed still undoes the lab
+            set_current(plan.name)
+        except BaseException:
+            if not keep_on_error and interrupts.in_main():
+                interrupts.ignore()
+                remove(registry)
+                _remove_base_if_empty()
+            raise
     return UpResult(lab, warnings, time.monotonic() - started)
-
-
-_MAIN_PID = os.getpid()
-
-
-class _Interrupts:
-    """Ctrl-C and SIGTERM during `up`: each raises KeyboardInterrupt, so what was built is removed,
-    and is also remembered. Python drops an exception raised inside a weakref or import-lock
-    callback ("Exception ignored in ..."): `up` checks the memory between steps and before it
-    reports success, so a swallowed interrupt still ends in a complete teardown, never in a lab
-    built although the user asked to stop. A forked helper (pyroute2 forks some) just dies."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.seen = False
-        self.previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
-        self.hook = sys.unraisablehook
-        sys.unraisablehook = self._unraisable
-
-    def _handler(self, signum: int, frame: object) -> None:
-        if os.getpid() != _MAIN_PID:
-            os._exit(0)
-        self.seen = True
-        raise KeyboardInterrupt
-
-    def _unraisable(self, info) -> None:
-        if not isinstance(info.exc_value, KeyboardInterrupt):  # remembered in self.seen
-            self.hook(info)
-
-    def check(self) -> None:
-        if self.seen:
-            raise KeyboardInterrupt
-
-    def ignore(self) -> None:
-        """From the teardown on, further signals are ignored until the command exits."""
-        self.previous = {sig: signal.SIG_IGN for sig in self.SIGNALS}
-        for sig in self.SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-
-    def close(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        sys.unraisablehook = self.hook
 
 
 def _build_network(topo: Topology, registry: Registry) -> None:

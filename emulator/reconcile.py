@@ -208,6 +208,8 @@ class SetPath(Action):
 
     ns: str
     conditions: PathConditions
+    # where the delay is made, when it changes: the backbone's end of the link (namespace, interface)
+    delay_at: tuple[str, str] | None = None
     phase: ClassVar[int] = 3
 
     def describe(self) -> str:
@@ -323,6 +325,18 @@ def _route_text(r: Route) -> str:
 
 # -- the difference ---------------------------------------------------------------------------
 
+def _delay(c: PathConditions) -> tuple[int, int]:
+    return c.delay_ms, c.jitter_ms
+
+
+def _delay_end(topo: Topology, ns: str) -> tuple[str, str]:
+    """Delay is made on the backbone's end of a gateway's link, holding back what reaches the gateway,
+    so it never queues behind (or reshapes) the SKU's cap on the gateway's own end; a round trip
+    through the gateway grows by the delay either way."""
+    gw = next(g for g in topo.gateways if g.netns == ns)
+    return topo.backbone, topo.backbone_link(gw).if_a
+
+
 def diff(applied: LiveState, desired: LiveState, topo: Topology) -> list[Action]:
     """The actions, in execution order (by phase; within a phase, by gateway or namespace), that
     turn `applied` into `desired`. Applying every action's `after` to `applied` gives `desired`."""
@@ -338,7 +352,9 @@ def diff(applied: LiveState, desired: LiveState, topo: Topology) -> list[Action]
             actions.append(SetRate(ns, desired.rates.get(ns)))
     for ns in sorted(applied.paths.keys() | desired.paths.keys()):
         if applied.paths.get(ns, PathConditions()) != desired.paths.get(ns, PathConditions()):
-            actions.append(SetPath(ns, desired.paths.get(ns, PathConditions())))
+            was, want = applied.paths.get(ns, PathConditions()), desired.paths.get(ns, PathConditions())
+            delay_at = _delay_end(topo, ns) if was == UNKNOWN_PATH or _delay(was) != _delay(want) else None
+            actions.append(SetPath(ns, want, delay_at))
     for ns in sorted(applied.clamps.keys() | desired.clamps.keys()):
         if applied.clamps.get(ns) != desired.clamps.get(ns):
             actions.append(SetClamp(ns, desired.clamps.get(ns)))

@@ -130,8 +130,14 @@ class Namespace:
         self.ipr.tc("replace", "tbf", index=self.index(ifname), handle="1:", rate=f"{mbit}mbit",
                     burst=max(32 * 1024, mbit * 1024 * 1024 // 8 // 100), latency="50ms")
 
-    def clear_rate(self, ifname: str) -> None:
-        """Remove the root qdisc set by limit_rate (back to the default queue); none is fine."""
+    def delay(self, ifname: str, delay_ms: int, jitter_ms: int) -> None:
+        """netem on the interface's egress: each packet waits `delay_ms`, give or take up to
+        `jitter_ms` (uniformly; packets given different waits can overtake each other, as on a real path)."""
+        self.ipr.tc("replace", "netem", index=self.index(ifname), handle="1:", delay=delay_ms * 1000,
+                    jitter=jitter_ms * 1000)
+
+    def clear_root_qdisc(self, ifname: str) -> None:
+        """Remove the root qdisc set by limit_rate or delay (back to the default queue); none is fine."""
         try:
             self.ipr.tc("del", index=self.index(ifname), handle="1:", root=True)
         except NetlinkError as exc:
@@ -171,25 +177,27 @@ class Namespace:
 
 def inside(ns: str, make):
     """Run make() with this thread in namespace ns: the sockets it opens belong there for good."""
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    try:
-        netns.setns(f"{NETNS_DIR}/{ns}", flags=0)
+    with signals_held():  # a Ctrl-C between the two setns calls would leave the thread in the lab
+        home = os.open("/proc/self/ns/net", os.O_RDONLY)
         try:
-            return make()
+            netns.setns(f"{NETNS_DIR}/{ns}", flags=0)
+            try:
+                return make()
+            finally:
+                netns.setns(home, flags=0)
         finally:
-            netns.setns(home, flags=0)
-    finally:
-        os.close(home)
+            os.close(home)
 
 
 def set_sysctls(name: str, settings: dict[str, str]) -> None:
     """Write /proc/sys keys as seen from inside namespace `name` (net.* keys are per namespace)."""
-    netns.pushns(name)
-    try:
-        for key, value in settings.items():
-            Path("/proc/sys", key.replace(".", "/")).write_text(value)
-    finally:
-        netns.popns()
+    with signals_held():  # interrupted between push and pop, the command would stay in the lab's namespace
+        netns.pushns(name)
+        try:
+            for key, value in settings.items():
+                Path("/proc/sys", key.replace(".", "/")).write_text(value)
+        finally:
+            netns.popns()
 
 
 __all__ = ["Namespace", "NetlinkError", "create", "exists", "inside", "remove", "set_sysctls"]

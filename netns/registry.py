@@ -132,6 +132,7 @@ class Registry:
                 victims.add(e["pid"])
         for ns in namespaces:
             victims.update(pids_in_netns(ns))
+        victims.discard(os.getpid())  # never this command itself, whatever namespace it stands in
         _stop(victims, grace)
         problems = []
         for ns in reversed(namespaces):

@@ -45,7 +45,7 @@ mountpoint -q /sys || mount -t sysfs sys /sys
 mountpoint -q /dev || mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /run; mount -t tmpfs tmp /tmp
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
-modprobe -a 9pnet_virtio 9p esp4 xfrm_user xfrm4_tunnel tun >/dev/null 2>&1
+modprobe -a 9pnet_virtio 9p esp4 xfrm_user xfrm4_tunnel tun sch_netem >/dev/null 2>&1
 ip link set lo up
 mkdir -p "$VNETLAB_SRC" && mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 src "$VNETLAB_SRC"
 off() { sync; echo o > /proc/sysrq-trigger; sleep 60; }  # PID 1 must not exit before the power goes

@@ -33,6 +33,14 @@ def supported():
     return supported_dataplanes()
 
 
+@pytest.fixture(scope="session")
+def netem():
+    """Whether this kernel can delay packets (sch_netem): asked for where it cannot, delay is refused."""
+    from emulator.impair import netem_available
+
+    return netem_available()
+
+
 @pytest.fixture(params=["libipsec", "kernel"])
 def dataplane(request, supported):
     """Run a test on every IPsec data plane this machine has; skip the others, saying why."""

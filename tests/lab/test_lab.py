@@ -193,3 +193,20 @@ def test_interrupted_up_removes_what_it_built(lab, sig):
     # also what was made after the journal was read: no namespace of this lab may exist
     netns = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
     assert not [ns for ns in netns if ns.startswith("t-intr.")]
+
+
+def test_a_teardown_never_kills_the_command_itself(tmp_path):
+    """A command left standing in one of its lab's namespaces (a Ctrl-C between two setns calls did
+    that once: `up` tore its lab down and SIGKILLed itself, leaving the namespaces) survives the teardown."""
+    ns = f"t-self-{os.getpid()}"
+    code = ("import sys\nfrom pathlib import Path\nfrom pyroute2 import netns\nfrom netns.registry import Registry\n"
+            f"reg = Registry.create(Path(sys.argv[1]))\nreg.create_netns('{ns}')\nnetns.pushns('{ns}')\n"
+            "print(reg.teardown(grace=0.2), flush=True)\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "lab")], capture_output=True, text=True,
+                              timeout=30)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "[]\n", "")
+        assert not Path("/run/netns", ns).exists() and not (tmp_path / "lab").exists()
+    finally:
+        if Path("/run/netns", ns).exists():  # the teardown failed: the test removes what it made
+            subprocess.run(["ip", "netns", "del", ns], check=True)

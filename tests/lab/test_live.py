@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.bench import ring
 from tests.conftest import PLANS
 from tests.lab.conftest import VNETLAB
@@ -278,13 +280,9 @@ def test_a_blocked_path_is_a_dead_peer_within_its_dpd_timeout_and_heals(lab, tmp
     assert "drop" not in rules
 
 
-def test_loss_mtu_and_refused_delay(lab):
+def test_loss_and_mtu_live(lab):
     name = "t-impair"
     assert lab.cli("up", "--name", name).returncode == 0
-    before = (lab.state / name / "applied.json").read_text()
-    delay = lab.cli("impair", "--name", name, "--vnet", "TestVNet1", "--delay", "30")
-    assert delay.returncode == 3 and "netem" in delay.stderr
-    assert (lab.state / name / "applied.json").read_text() == before  # nothing changed
     bad = lab.cli("impair", "--name", name, "--vnet", "TestVNet1", "--mtu", "100", "--loss", "200")
     assert bad.returncode == 2 and "576 to 9000" in bad.stderr and "0 to 100" in bad.stderr
     assert lab.cli("impair", "--name", name, "--vnet", "TestVNet1", "--loss", "100").returncode == 0
@@ -295,6 +293,63 @@ def test_loss_mtu_and_refused_delay(lab):
     assert lab.ping(name, "TestVNet1/default", "10.41.0.4")
     st = json.loads(lab.cli("status", "--name", name, "--json").stdout)
     assert st["backbone_paths"] == {"TestVNet1": "mtu 1400"}
+
+
+def _min_rtt(lab, name: str) -> float:
+    """The smallest of 10 round trips (ms) from TestVNet1's host to TestVNet4's, across the tunnel."""
+    res = lab.exec_(name, "TestVNet1/default", "ping", "-c", "10", "-i", "0.2", "-W", "2", "10.41.0.4")
+    assert res.returncode == 0, res.stdout[-500:]
+    return float(re.search(r"= ([\d.]+)/", res.stdout).group(1))
+
+
+def _backbone_qdiscs(name: str) -> str:
+    return subprocess.run(["tc", "-n", f"{name}.backbone", "qdisc", "show"], capture_output=True, text=True).stdout
+
+
+def test_delay_and_jitter_from_the_plan_and_live(lab, tmp_path, dataplane, netem):
+    """netem on the backbone's end of a gateway's link: a round trip through that gateway grows by
+    the delay (once, not twice), give or take the jitter; the SKU's cap stays; `--clear` and `down`
+    take the delay away."""
+    if not netem:
+        pytest.skip("this kernel has no netem (sch_netem): delay and jitter are refused, "
+                    "test_delay_is_refused_before_anything_where_the_kernel_has_no_netem covers it")
+    plan = tmp_path / "slow.yaml"
+    plan.write_text(_with((PLANS / "classic-vnet-to-vnet.yaml").read_text(), backbone={"TestVNet4": {"delay_ms": 40}}))
+    name = "t-slow"
+    assert lab.cli("up", str(plan), "--name", name, "--dataplane", dataplane).returncode == 0
+    assert "netem" in _backbone_qdiscs(name) and "delay 40ms" in _backbone_qdiscs(name)
+    assert 40 <= _min_rtt(lab, name) < 70
+    assert lab.cli("impair", "--name", name, "--vnet", "TestVNet1", "--delay", "20", "--jitter", "5").returncode == 0
+    assert 55 <= _min_rtt(lab, name) < 95
+    st = json.loads(lab.cli("status", "--name", name, "--json").stdout)
+    assert st["backbone_paths"] == {"TestVNet1": "delay 20 ms ± 5 ms", "TestVNet4": "delay 40 ms"}
+    tbf = subprocess.run(["tc", "-n", f"{name}.v.TestVNet1", "qdisc", "show", "dev", "bb"], capture_output=True,
+                         text=True).stdout
+    assert "tbf" in tbf  # the SKU's cap, untouched on the gateway's own end
+    res = lab.cli("verify", "--name", name)
+    assert res.returncode == 0, res.stdout[-1500:]
+    for vnet in ("TestVNet1", "TestVNet4"):
+        assert lab.cli("impair", "--name", name, "--vnet", vnet, "--clear").returncode == 0
+    assert "netem" not in _backbone_qdiscs(name)
+    assert _min_rtt(lab, name) < 20
+    print(f"{dataplane}: delay 40 ms on TestVNet4's link, then 20 ± 5 ms on TestVNet1's: RTTs as set")
+
+
+def test_delay_is_refused_before_anything_where_the_kernel_has_no_netem(lab, tmp_path, netem):
+    if netem:
+        pytest.skip("this kernel has netem: test_delay_and_jitter_from_the_plan_and_live covers delay")
+    name = "t-nonetem"
+    assert lab.cli("up", "--name", name).returncode == 0
+    before = (lab.state / name / "applied.json").read_text()
+    delay = lab.cli("impair", "--name", name, "--vnet", "TestVNet1", "--delay", "30")
+    assert delay.returncode == 3 and "netem" in delay.stderr
+    assert (lab.state / name / "applied.json").read_text() == before  # nothing changed
+    slow = tmp_path / "slow.yaml"
+    slow.write_text(_with((PLANS / "classic-vnet-to-vnet.yaml").read_text(), backbone={"TestVNet4": {"delay_ms": 40}}))
+    res = lab.cli("up", str(slow), "--name", "t-slow")
+    assert res.returncode == 3 and "netem" in res.stderr and "Traceback" not in res.stderr
+    assert not (lab.state / "t-slow").exists()
+    assert not [p for p in Path("/run/netns").iterdir() if p.name.startswith("t-slow.")]
 
 
 def test_verify_resends_under_loss_and_still_fails_a_blocked_path(lab):
@@ -423,7 +478,7 @@ def test_a_site_behind_nat_traverses_it_and_a_path_without_natt_is_named(lab, tm
     assert fault["type"] == "NatTraversal", fault
 
 
-def test_backbone_section_applies_at_up_and_delay_is_refused_before_anything(lab, tmp_path):
+def test_backbone_section_applies_at_up(lab, tmp_path):
     text = (PLANS / "classic-vnet-to-vnet.yaml").read_text()
     plan = tmp_path / "path.yaml"
     plan.write_text(_with(text, backbone={"TestVNet1": {"mtu": 1400, "block": ["ike"]}}))
@@ -434,9 +489,3 @@ def test_backbone_section_applies_at_up_and_delay_is_refused_before_anything(lab
     link = subprocess.run(["ip", "-n", "t-path.v.TestVNet1", "link", "show", "bb"], capture_output=True, text=True)
     assert "mtu 1400" in link.stdout
     assert "blocks ike" in lab.cli("status", "--name", "t-path").stdout
-    slow = tmp_path / "slow.yaml"
-    slow.write_text(_with(text, backbone={"TestVNet4": {"delay_ms": 40}}))
-    res = lab.cli("up", str(slow), "--name", "t-slow")
-    assert res.returncode == 3 and "netem" in res.stderr and "Traceback" not in res.stderr
-    assert not (lab.state / "t-slow").exists()
-    assert not [p for p in Path("/run/netns").iterdir() if p.name.startswith("t-slow.")]

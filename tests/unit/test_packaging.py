@@ -45,3 +45,25 @@ def test_a_ctrl_c_after_the_command_returned_leaves_its_answer(tmp_path):
             "raise SystemExit(emulator.entry.run())\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert (done.returncode, done.stderr) == (7, "")
+
+
+def test_a_ctrl_c_python_swallows_is_remembered_not_printed(tmp_path):
+    """A SIGINT whose KeyboardInterrupt lands inside a callback (CI: an import lock's weakref callback,
+    during a lazy import before `up` had begun) is dropped by Python with "Exception ignored in ...".
+    The command must neither print that nor forget the interrupt: `up` checks it before success."""
+    code = ("import os, signal, weakref, emulator.cli, emulator.entry\n"
+            "from emulator import interrupts\n"
+            "class Thing: pass\n"
+            "def command():\n"
+            "    thing = Thing()\n"
+            "    ref = weakref.ref(thing, lambda r: os.kill(os.getpid(), signal.SIGINT))\n"
+            "    del thing  # the callback runs, the handler raises in it, Python drops the exception\n"
+            "    try:\n"
+            "        interrupts.check()\n"
+            "    except KeyboardInterrupt:\n"
+            "        return 130\n"
+            "    return 0\n"
+            "emulator.cli.main = command\n"
+            "raise SystemExit(emulator.entry.run())\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stderr) == (130, "")

@@ -8,8 +8,8 @@ import pytest
 from emulator.lab import Changes
 from emulator.model import SharedKey
 from emulator.plan import load_plan
-from emulator.reconcile import (AddRoute, DelRoute, Initiate, LiveState, Load, SetClamp, SetLink, SetRate, StartDaemon,
-                                StopDaemon, Terminate, Unload, WriteConfig, desired_state, diff, replay)
+from emulator.reconcile import (AddRoute, DelRoute, Initiate, LiveState, Load, SetClamp, SetLink, SetPath, SetRate,
+                                StartDaemon, StopDaemon, Terminate, Unload, WriteConfig, desired_state, diff, replay)
 from emulator.topology import build_topology
 from tests.conftest import PLANS
 
@@ -177,3 +177,24 @@ def test_an_mss_clamp_from_the_plan_or_live_is_one_action_and_nothing_else():
     live = Changes(clamps={"TestVNet1": 1302}).apply(clamped_plan)
     assert live.vnet("TestVNet1").gateway.tcp_mss_clamp == 1302
     assert Changes(clamps={"TestVNet1": None}).apply(clamped_plan).vnet("TestVNet1").gateway.tcp_mss_clamp is None
+
+
+def test_a_delay_is_made_on_the_backbone_end_and_touched_only_when_it_changes():
+    from emulator.model import PathConditions
+
+    plan = _plan()
+    topo, plain = _state(plan)
+    gw = topo.gateway("TestVNet1")
+    far = (topo.backbone, topo.backbone_link(gw).if_a)
+
+    def path(**conditions):
+        return _state(Changes(paths={"TestVNet1": PathConditions(**conditions)}).apply(plan))[1]
+
+    slow, lossy = PathConditions(delay_ms=40, jitter_ms=5), PathConditions(delay_ms=40, jitter_ms=5, loss=1)
+    assert diff(plain, path(delay_ms=40, jitter_ms=5), topo) == [SetPath(gw.netns, slow, far)]
+    assert diff(path(delay_ms=40, jitter_ms=5), path(delay_ms=40, jitter_ms=5, loss=1), topo) == \
+        [SetPath(gw.netns, lossy, None)]  # the delay stays as it is
+    assert diff(path(delay_ms=40), plain, topo) == [SetPath(gw.netns, PathConditions(), far)]
+    cut_short = SetPath(gw.netns, slow, far).ahead(plain)  # the conditions are unknown: set the delay again
+    assert diff(cut_short, path(delay_ms=40, jitter_ms=5), topo) == [SetPath(gw.netns, slow, far)]
+    assert SetPath(gw.netns, slow, far).describe().endswith("delay 40 ms ± 5 ms")
