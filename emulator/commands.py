@@ -33,7 +33,7 @@ def print_status(lab: labmod.Lab, rows: list[ConnectionStatus], as_json: bool, v
     if verbose:
         for r in rows:
             for line in r.evidence:
-                print(f"  evidence {r.gateway} -> {r.local_site}: {line}")
+                print(f"  evidence {r.label}: {line}")
 
 
 def _ends(lab: labmod.Lab, r: ConnectionStatus) -> tuple[str, str]:
@@ -62,7 +62,7 @@ def up(args: argparse.Namespace) -> int:
         print(f"\nup in {result.seconds:.2f} s. Explore: vnetlab nodes · remove: vnetlab down --name "
               f"{result.lab.name}")
     for r in failed:
-        print(f"not connected: {r.gateway} -> {r.local_site}: {r.reason}", file=sys.stderr)
+        print(f"not connected: {r.label}: {r.reason}", file=sys.stderr)
     return ExitCode.CHECK_FAILED if failed else ExitCode.OK
 
 

@@ -54,8 +54,8 @@ def _wait_for(name: str, predicate: Callable[[dict], bool],
 
 
 def _show(states: dict) -> str:
-    return "; ".join(f"{g} -> {s}: {st.connectivity_state}" + (f" ({st.reason})" if st.reason else "")
-                     for (g, s), st in states.items())
+    return "; ".join(f"{st.label}: {st.connectivity_state}" + (f" ({st.reason})" if st.reason else "")
+                     for st in states.values())
 
 
 def _verify(n: Narrator, name: str, expect_pass: bool) -> None:

@@ -406,15 +406,12 @@ def converge(name: str | None) -> list[Action]:
 
 def heal_gateway(lab_name: str, gateway: str) -> float | None:
     """The supervisor's restart of a daemon that died: apply the desired state to what runs without
-    it (start, load, initiate). None when the daemon answers already (reset-gateway restarted it);
-    else the seconds until its tunnels were initiated."""
+    it (start, load, initiate). None when its process still runs (reset-gateway restarted it, or it
+    was only slow to answer under load: a second daemon must never be started beside it); else the
+    seconds until its tunnels were initiated."""
     with changing(lab_name) as lab:
-        directory = lab.gw_dir(lab.topology.gateway(gateway))
-        try:
-            gateways.check_alive(directory)
+        if Registry(lab.directory).live(f"charon {gateway}"):
             return None
-        except gateways.GatewayDown:
-            pass
         started = time.monotonic()
         applied = read_snapshot(lab.directory).without_gateway(gateway)
         Executor(lab).run(diff(applied, desired(lab), lab.topology), applied)

@@ -57,6 +57,11 @@ class ConnectionStatus:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def label(self) -> str:
+        """'GATEWAY -> LOCAL SITE'; an on-premises device's end names the VNet it connects to."""
+        return f"{self.gateway} -> {self.vnet if self.gateway == self.local_site else self.local_site}"
+
 
 # Network Watcher's fault types (VPN troubleshoot), by the start of the reason the lab gives: one table
 FAULTS = (

@@ -106,7 +106,7 @@ def network_pairs(lab: Lab, statuses: list[ConnectionStatus]) -> list[Pair]:
             intended = bool(t.peer_in_lab and peer_end and all(side in wanted for side in sides))
             ends = [state[side] for side in sides]
             down = [s for s in ends if s.connectivity_state != "Connected"]
-            cause = (f"connection {down[0].gateway} -> {down[0].local_site} is {down[0].connectivity_state}: "
+            cause = (f"connection {down[0].label} is {down[0].connectivity_state}: "
                      f"{down[0].reason}") if down else ""
             key = frozenset((gw.name, other))
             if key not in links or intended:
@@ -386,7 +386,7 @@ def _counter_deltas(lab: Lab, before: list[ConnectionStatus], after: list[Connec
             continue
         out, inn = s.egress_bytes - o.egress_bytes, s.ingress_bytes - o.ingress_bytes
         found[frozenset((s.gateway, peer))].append(
-            f"{s.gateway} -> {s.local_site} {s.connectivity_state}, sent {out:+d} B, received {inn:+d} B")
+            f"{s.label} {s.connectivity_state}, sent {out:+d} B, received {inn:+d} B")
     return {k: "; tunnel counters during the probes: " + "; ".join(v) for k, v in found.items()}
 
 

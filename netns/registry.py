@@ -114,10 +114,13 @@ class Registry:
     def adopt_process(self, pid: int, what: str) -> None:
         self.record("process", pid=pid, start=start_ticks(pid), what=what)
 
+    def live(self, what: str) -> set[int]:
+        """The journalled processes of this kind that still run (checked by start time, so a reused pid is not one)."""
+        return {e["pid"] for e in self.entries() if e["kind"] == "process" and e["what"] == what
+                and e.get("start") is not None and start_ticks(e["pid"]) == e["start"]}
+
     def stop(self, what: str, grace: float = 1.0) -> None:
-        """Stop the journalled processes of this kind that still run (checked by start time)."""
-        _stop({e["pid"] for e in self.entries() if e["kind"] == "process" and e["what"] == what
-               and e.get("start") is not None and start_ticks(e["pid"]) == e["start"]}, grace)
+        _stop(self.live(what), grace)
 
     def teardown(self, grace: float = 1.0) -> list[str]:
         """Remove everything journalled; returns what could not be removed (empty when clean). A

@@ -25,10 +25,11 @@ A probe counts as answered only if the reply proves it saw the probe: the echo r
 carries the nonce back, the SYN-ACK acknowledges the nonce-derived sequence number. ICMP errors and
 TCP resets that quote a probe say where it was refused.
 
-The path MTU of a tunnel is searched by bisection, all tunnels at once: ICMP echoes with DF set,
-the largest that comes back (the echo crosses both ways). A size that is too large gets an ICMP
-"fragmentation needed" (a gateway that knows), or nothing at all: a black hole. One SYN carrying
-the MSS a host on a 1500-byte link offers (1460) shows what a TCP handshake's MSS becomes across the tunnel (a gateway's clamp lowers it).
+The path MTU of every tunnel is searched at once, with ICMP echoes with DF set: the largest that
+comes back (the echo crosses both ways). The link's MTU is tried first, then the size an ICMP
+"fragmentation needed" names (a gateway that knows), else bisection; a size that gets nothing at all
+is a black hole. Before that, one SYN carrying the MSS a host on a 1500-byte link offers (sent in
+the request) shows what a TCP handshake's MSS becomes across the tunnel (a gateway's clamp lowers it).
 """
 
 from __future__ import annotations

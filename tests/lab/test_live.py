@@ -2,6 +2,7 @@
 reset, --dry-run, a verify killed at any moment, Ctrl-C at any moment of `up`."""
 
 import json
+import os
 import random
 import re
 import signal
@@ -112,6 +113,28 @@ def test_reset_gateway_restarts_and_measures_the_outage(lab):
     assert missing.returncode == 2 and "VNets: TestVNet1, TestVNet4" in missing.stderr
 
 
+def test_the_supervisor_never_starts_a_second_daemon_beside_a_slow_one(lab):
+    """A daemon that answers slowly (here: stopped for a while) has not died: healing it must not start
+    a second charon for the same gateway beside it (the supervisor judged by a vici answer before)."""
+    name = "t-slowd"
+    assert lab.cli("up", "--name", name).returncode == 0
+
+    def daemons() -> list[int]:
+        return [e["pid"] for e in lab.journal(name) if e["kind"] == "process" and e["what"] == "charon TestVNet1"]
+
+    pid = daemons()[0]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        heal = subprocess.run([str(VNETLAB.parent / "python"), "-c", "from emulator.lab import heal_gateway; "
+                               f"print(heal_gateway('{name}', 'TestVNet1'))"], env=lab.env, cwd=lab.cwd,
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert (heal.returncode, heal.stdout.strip()) == (0, "None"), heal.stderr[-800:]
+    assert daemons() == [pid]
+    assert lab.ping(name, "TestVNet1/default", "10.41.0.4")
+
+
 def _observed(lab, name: str) -> dict:
     """What runs: the snapshot, the recorded changes, namespaces, daemons and SAs (by SPI)."""
     d = lab.state / name
@@ -197,8 +220,9 @@ def test_interrupted_up_leaves_a_whole_lab_or_nothing(lab, tmp_path):
         assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
         left = sorted(p.name for p in Path("/run/netns").iterdir() if p.name.startswith(name + "."))
         # -SIGINT only before the interpreter installed any handler: then nothing can have been built
+        events = (lab.state / name / "events.jsonl")
         assert proc.returncode in (0, 130) or (proc.returncode == -signal.SIGINT and not left and not err), \
-            (proc.returncode, left, err[-500:])
+            (proc.returncode, left, err[-2000:], events.read_text()[-3000:] if events.exists() else "no events")
         if left or proc.returncode == 0:  # finished before the interrupt took effect: the whole lab
             nodes = json.loads(lab.cli("nodes", "--name", name, "--json").stdout)["nodes"]
             assert left == sorted({n["netns"] for n in nodes}), attempt

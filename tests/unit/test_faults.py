@@ -29,3 +29,13 @@ def test_each_reason_has_its_fault_type(reason, kind):
 def test_every_fault_type_is_covered_and_not_established_is_none():
     assert {kind for _p, kind, _s, _a in FAULTS} == {k for _r, k in CASES}
     assert fault_of("not established yet") is None
+
+
+def test_a_device_end_is_labelled_with_the_vnet_it_connects_to():
+    from emulator.status import ConnectionStatus
+
+    def end(gateway: str, vnet: str, site: str) -> ConnectionStatus:
+        return ConnectionStatus(gateway, vnet, site, "Connected", 0, 0, None, 2, "libipsec", "203.0.113.1")
+
+    assert end("HQ", "TestVNet1", "HQ").label == "HQ -> TestVNet1"  # was "HQ -> HQ"
+    assert end("TestVNet1", "TestVNet1", "HQ").label == "TestVNet1 -> HQ"

@@ -64,3 +64,15 @@ def test_the_backbone_judge_knows_a_fragmented_esp_in_udp_packet_from_clear_traf
     found = first_fragments(packets)
     assert [classify(p, found) for p in packets] == ["esp", "esp", "other", "other"]
     assert classify(packets[1]) == "other"  # a later fragment alone proves nothing
+
+
+def test_the_backbone_judge_knows_the_labs_private_networks():
+    from ipaddress import ip_network
+
+    from emulator.workers.capture import inside_test
+
+    inside = inside_test([ip_network(f"10.{100 + i // 256}.{i % 256}.0/24") for i in range(300)]
+                         + [ip_network("172.16.0.0/12")])
+    assert inside("10.100.7.4") and inside("10.101.43.200") and inside("172.31.0.1")
+    assert not inside("10.101.44.1") and not inside("203.0.113.1") and not inside("198.18.0.3")
+    assert inside("10.100.7.4")  # asked again: the same answer, from memory
