@@ -115,9 +115,10 @@ class Registry:
         self.record("process", pid=pid, start=start_ticks(pid), what=what)
 
     def live(self, what: str) -> set[int]:
-        """The journalled processes of this kind that still run (checked by start time, so a reused pid is not one)."""
+        """The journalled processes of this kind that still run: checked by start time (a reused pid
+        is not one), and a zombie is not one either (a killed daemon nobody has reaped yet)."""
         return {e["pid"] for e in self.entries() if e["kind"] == "process" and e["what"] == what
-                and e.get("start") is not None and start_ticks(e["pid"]) == e["start"]}
+                and e.get("start") is not None and start_ticks(e["pid"]) == e["start"] and _alive(e["pid"])}
 
     def stop(self, what: str, grace: float = 1.0) -> None:
         _stop(self.live(what), grace)
