@@ -6,6 +6,8 @@ which run every check in `rules` first.
 
 from __future__ import annotations
 
+import math
+
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -138,6 +140,12 @@ class IpsecPolicy:
         """strongSwan's first retransmission timeout, so that its retransmissions (base 1.4, 3 tries:
         7.104 times this) take half the DPD timeout, at most the 14.2 s the lab used before."""
         return round(min(RETRANSMIT_BUDGET, self.dpd_timeout / 2) / RETRANSMIT_FACTOR, 3)
+
+    def expiry_margin(self, lifetime: int) -> int:
+        """Seconds from an SA's scheduled rekey to its hard expiry: strongSwan's 10 %, but at least
+        one exchange's retransmissions, so that a rekey whose message was lost, or that collided with
+        the peer's, completes before the old SA expires (10 s lifetimes lost pings in CI otherwise)."""
+        return max(lifetime // 10, math.ceil(RETRANSMIT_FACTOR * self.retransmit_timeout))
 
 
 RETRANSMIT_FACTOR = 1 + 1.4 + 1.4 ** 2 + 1.4 ** 3  # retransmit_base 1.4, retransmit_tries 3
