@@ -336,7 +336,7 @@ def test_delay_and_jitter_from_the_plan_and_live(lab, tmp_path, dataplane, netem
     take the delay away."""
     if not netem:
         pytest.skip("this kernel has no netem (sch_netem): delay and jitter are refused, "
-                    "test_delay_is_refused_before_anything_where_the_kernel_has_no_netem covers it")
+                    "test_delay_is_refused_before_anything_without_netem covers it")
     plan = tmp_path / "slow.yaml"
     plan.write_text(_with((PLANS / "classic-vnet-to-vnet.yaml").read_text(), backbone={"TestVNet4": {"delay_ms": 40}}))
     name = "t-slow"
@@ -363,7 +363,7 @@ def test_delay_and_jitter_from_the_plan_and_live(lab, tmp_path, dataplane, netem
           f"on TestVNet1's, {clean:.1f} ms cleared")
 
 
-def test_delay_is_refused_before_anything_where_the_kernel_has_no_netem(lab, tmp_path, netem):
+def test_delay_is_refused_before_anything_without_netem(lab, tmp_path, netem):
     if netem:
         pytest.skip("this kernel has netem: test_delay_and_jitter_from_the_plan_and_live covers delay")
     name = "t-nonetem"
