@@ -1,3 +1,4 @@
-from .cli import main
+"""`python -m emulator` is the `vnetlab` command, with the same Ctrl-C policy."""
+from .entry import run
 
-raise SystemExit(main())
+raise SystemExit(run())

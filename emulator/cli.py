@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __doc__ as PKG_DOC
+from . import interrupts
 from .model import GatewayType, Sku
 from .problems import ExitCode, PlanError, UsageError, VnetlabError
 from .report import plan_summary, print_json, print_plan_summary, print_problems, write_output
@@ -332,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head & co.
         sys.stderr.close()
         return ExitCode.OK
+    except Exception as exc:
+        if not interrupts.interrupted():
+            raise
+        # raised while unwinding from the user's Ctrl-C: a consequence of it, named, not a traceback
+        print(f"vnetlab {args.command}: interrupted (while stopping: {type(exc).__name__}: {exc})", file=sys.stderr)
+        return 130
 
 
 def _validate(args: argparse.Namespace) -> int:

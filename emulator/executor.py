@@ -22,7 +22,7 @@ from typing import Callable
 from netns import ops
 from netns.registry import Registry
 
-from . import gateways, impair
+from . import gateways, impair, interrupts
 from .reconcile import (Action, AddRoute, DelRoute, Initiate, LiveState, Load, SetClamp, SetLink, SetPath, SetRate,
                         StartDaemon, StopDaemon, Terminate, Unload, WriteConfig)
 from .render import render_gateway, write_private, write_rendered
@@ -55,14 +55,18 @@ class Executor:
     directories, data plane). Within one phase, different gateways and namespaces proceed in
     parallel; one gateway's or namespace's actions run in order."""
 
-    def __init__(self, lab, initiate_timeout: float = 5.0, checkpoint: Callable[[], None] | None = None):
-        """checkpoint: called between phases (up checks for an interrupt there)."""
+    def __init__(self, lab, initiate_timeout: float = 5.0):
         self.lab = lab
-        self.checkpoint = checkpoint
         self.registry = Registry(lab.directory)
         self.initiate_ms = int(initiate_timeout * 1000)
 
     def run(self, actions: list[Action], state: LiveState) -> LiveState:
+        """A Ctrl-C or SIGTERM stops the run before its next action (interrupts.deferred), never
+        inside one: the snapshot then holds what the actions done so far made."""
+        with interrupts.deferred() as check:
+            return self._run(actions, state, check)
+
+    def _run(self, actions: list[Action], state: LiveState, check: Callable[[], None]) -> LiveState:
         self._preflight(actions, state)
         # the netlink phases run as one batch: one socket per namespace for its links, routes and caps
         for _phase, group in groupby(actions, key=lambda a: -1 if isinstance(a, NETLINK) else a.phase):
@@ -74,13 +78,11 @@ class Executor:
                 write_snapshot(self.lab.directory, ahead)
             done: list[Action] = []
             try:
-                self._run_batch(batch, done)
+                self._run_batch(batch, done, check)
             finally:
                 for a in done:
                     state = a.after(state)
                 write_snapshot(self.lab.directory, state)
-            if self.checkpoint is not None:
-                self.checkpoint()
         return state
 
     def _preflight(self, actions: list[Action], state: LiveState) -> None:
@@ -98,7 +100,7 @@ class Executor:
     def _dir(self, name: str) -> Path:
         return self.lab.gw_dir(self.lab.topology.gateway(name))
 
-    def _run_batch(self, batch: list[Action], done: list[Action]) -> None:
+    def _run_batch(self, batch: list[Action], done: list[Action], check: Callable[[], None]) -> None:
         lanes: dict[str, list[Action]] = {}
         for a in batch:
             lanes.setdefault(lane(a), []).append(a)
@@ -107,10 +109,12 @@ class Executor:
             if isinstance(actions[0], NETLINK):
                 with ops.Namespace(lane(actions[0])) as n:
                     for a in actions:
+                        check()
                         self._step(a, lambda a=a: _netlink(n, a))
                         done.append(a)
             else:
                 for a in actions:
+                    check()
                     self._step(a, lambda a=a: self._gateway_action(a))
                     done.append(a)
 

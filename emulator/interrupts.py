@@ -1,41 +1,50 @@
 """Ctrl-C and SIGTERM, one policy for the whole command.
 
-A Ctrl-C is a KeyboardInterrupt that the command handles, and it is also remembered. Python
-drops an exception raised inside a weakref or import-lock callback, printing "Exception ignored
-in ..." (a lazy import is enough to be in one): such an interrupt is remembered instead of
-printed, and `up` looks at the memory between its steps and before it reports success, so a
-swallowed Ctrl-C still ends in a complete teardown, never in a lab built although the user asked
-to stop. A process forked from the command (pyroute2 forks some helpers) just ends."""
+While a lab changes (the build of `up`, and every run of the executor), an interrupt is only
+noted, and the change stops at its next safe point: between two actions. An exception raised at
+an arbitrary bytecode breaks whatever invariant was half-way there: CI once saw a Ctrl-C land in
+threading's Condition.wait, between the release and the re-acquire of its lock, and `up` ended
+in "RuntimeError: release unlocked lock" and a traceback; a daemon started but not yet journalled
+is the same class. Elsewhere (reading, probing, capturing) a Ctrl-C is a KeyboardInterrupt at
+once, and one that Python drops in a weakref or import-lock callback ("Exception ignored in
+...") is remembered instead of printed. A process forked from the command (pyroute2 forks some
+helpers) just ends."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
+import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 _MAIN_PID = os.getpid()
-_seen = False
+_count = 0  # interrupts seen by this command
+_armed = False
+_deferring = 0
 _ignoring = False
 
 
-def _raise(signum: int, frame: object) -> None:
-    global _seen
+def _note(signum: int, frame: object) -> None:
+    global _count
     if os.getpid() != _MAIN_PID:
         os._exit(0)
-    _seen = True
-    raise KeyboardInterrupt
+    _count += 1
+    if not _deferring:
+        raise KeyboardInterrupt
 
 
 def _unraisable(info: sys.UnraisableHookArgs) -> None:
-    if not isinstance(info.exc_value, KeyboardInterrupt):  # that one is remembered in _seen
+    if not isinstance(info.exc_value, KeyboardInterrupt):  # that one is counted in _count
         sys.__unraisablehook__(info)
 
 
 def arm() -> None:
     """From the command's first line on."""
-    signal.signal(signal.SIGINT, _raise)
+    global _armed
+    _armed = True
+    signal.signal(signal.SIGINT, _note)
     sys.unraisablehook = _unraisable
 
 
@@ -43,16 +52,42 @@ def in_main() -> bool:
     return os.getpid() == _MAIN_PID
 
 
-def check() -> None:
-    """Raise the interrupt that arrived, even one Python swallowed."""
-    if _seen:
-        raise KeyboardInterrupt
+def interrupted() -> bool:
+    """Whether the user asked this command to stop (an error after that is a consequence of it)."""
+    return _count > 0
+
+
+@contextmanager
+def deferred() -> Iterator[Callable[[], None]]:
+    """A span in which Ctrl-C and SIGTERM are noted, not raised. Yields the span's check, to call
+    at each safe point: it raises KeyboardInterrupt if an interrupt arrived since the span began
+    (so a cleanup that runs after an earlier Ctrl-C, such as putting a lifted cap back, still
+    completes). Outside the command's main thread, or in a process that never armed (the
+    supervisor), it changes nothing: there SIGTERM keeps its default, ending the process."""
+    start = _count
+
+    def check() -> None:
+        if _count != start:
+            raise KeyboardInterrupt
+
+    if not _armed or not in_main() or threading.current_thread() is not threading.main_thread():
+        yield check
+        return
+    global _deferring
+    previous = signal.signal(signal.SIGTERM, _note)
+    _deferring += 1
+    try:
+        yield check
+    finally:
+        _deferring -= 1
+        if not _ignoring:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
 def sigterm_too() -> Iterator[None]:
-    """While building or tearing down, SIGTERM (what `timeout` sends) counts as a Ctrl-C."""
-    previous = signal.signal(signal.SIGTERM, _raise)
+    """While a capture or a followed trace runs, SIGTERM (what `timeout` sends) counts as a Ctrl-C."""
+    previous = signal.signal(signal.SIGTERM, _note)
     try:
         yield
     finally:

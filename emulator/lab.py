@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from netns import ops
 from netns.registry import Registry, read_jsonl
@@ -275,11 +275,13 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
                                  "choose another --name")
     state_base().mkdir(mode=0o700, parents=True, exist_ok=True)
     registry = Registry.create(directory)
-    with interrupts.sigterm_too():
+    with interrupts.deferred() as check:  # a Ctrl-C stops the build between two steps, then undoes it
         try:
+            if interrupts.interrupted():  # a Ctrl-C that Python swallowed before the build began
+                raise KeyboardInterrupt
             write_private(directory / PLAN_COPY, text)
-            _build_network(topo, registry)
-            interrupts.check()
+            _build_network(topo, registry, check)
+            check()
             chosen = choose_dataplane(dataplane, topo.backbone)
             created = datetime.now(timezone.utc).isoformat(timespec="seconds")
             (directory / LAB_META).write_text(json.dumps({"name": plan.name, "dataplane": chosen, "created": created,
@@ -289,11 +291,11 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
             start_ike_recorder(directory, topo.backbone, registry)
             # up is apply(desired, nothing); the event monitor must listen before the first initiate
             actions = diff(LiveState(), desired(lab), topo)
-            executor = Executor(lab, initiate_timeout=timeout, checkpoint=interrupts.check)
+            executor = Executor(lab, initiate_timeout=timeout)
             state = executor.run([a for a in actions if a.phase < Initiate.phase], LiveState())
             _start_monitor(lab, registry)
             executor.run([a for a in actions if a.phase >= Initiate.phase], state)
-            interrupts.check()  # an interrupt Python swallowed still undoes the lab
+            check()  # the last moment an interrupt still undoes the lab
             set_current(plan.name)
         except BaseException:
             if not keep_on_error and interrupts.in_main():
@@ -304,17 +306,20 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
     return UpResult(lab, warnings, time.monotonic() - started)
 
 
-def _build_network(topo: Topology, registry: Registry) -> None:
+def _build_network(topo: Topology, registry: Registry, check: Callable[[], None]) -> None:
     """Namespaces, links, addresses and neighbours (routes and caps are live state: reconcile.py).
     One netlink socket per namespace, in creation order: a veth is created from its first
     end's namespace (the backbone, or the router of a host), which topology always creates
-    before the namespace of its other end, so every interface exists when its namespace's turn comes."""
+    before the namespace of its other end, so every interface exists when its namespace's turn comes.
+    `check` runs between namespaces: an interrupt stops the build there."""
     for ns in topo.namespaces:
+        check()
         registry.create_netns(ns)
         # classic VNets are IPv4: no IPv6 link-local chatter on lab links (and in backbone captures)
         ops.set_sysctls(ns, {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1",
                              **({"net.ipv4.ip_forward": "1"} if ns in topo.forwarding else {})})
     for ns in topo.namespaces:
+        check()
         with ops.Namespace(ns) as n:
             for veth in topo.veths:
                 if veth.ns_a == ns:

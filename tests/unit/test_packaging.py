@@ -50,7 +50,7 @@ def test_a_ctrl_c_after_the_command_returned_leaves_its_answer(tmp_path):
 def test_a_ctrl_c_python_swallows_is_remembered_not_printed(tmp_path):
     """A SIGINT whose KeyboardInterrupt lands inside a callback (CI: an import lock's weakref callback,
     during a lazy import before `up` had begun) is dropped by Python with "Exception ignored in ...".
-    The command must neither print that nor forget the interrupt: `up` checks it before success."""
+    The command must neither print that nor forget the interrupt: `up` checks it before it builds."""
     code = ("import os, signal, weakref, emulator.cli, emulator.entry\n"
             "from emulator import interrupts\n"
             "class Thing: pass\n"
@@ -58,15 +58,45 @@ def test_a_ctrl_c_python_swallows_is_remembered_not_printed(tmp_path):
             "    thing = Thing()\n"
             "    ref = weakref.ref(thing, lambda r: os.kill(os.getpid(), signal.SIGINT))\n"
             "    del thing  # the callback runs, the handler raises in it, Python drops the exception\n"
-            "    try:\n"
-            "        interrupts.check()\n"
-            "    except KeyboardInterrupt:\n"
-            "        return 130\n"
-            "    return 0\n"
+            "    return 130 if interrupts.interrupted() else 0\n"
             "emulator.cli.main = command\n"
             "raise SystemExit(emulator.entry.run())\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert (done.returncode, done.stderr) == (130, "")
+
+
+def test_a_ctrl_c_while_a_lab_changes_stops_it_between_steps_not_inside_one():
+    """CI: a Ctrl-C raised inside threading's Condition.wait (the executor's thread pool) broke its
+    lock, and `up` ended in "RuntimeError: release unlocked lock" with a traceback. In a deferred
+    span, SIGINT and SIGTERM are only noted: the code between two safe points runs to its end, the
+    next check raises; a span begun after the interrupt (a cleanup) is not cut short by it."""
+    code = ("import os, signal, threading, emulator.cli, emulator.entry\n"
+            "from concurrent.futures import ThreadPoolExecutor\n"
+            "from emulator import interrupts\n"
+            "def command():\n"
+            "    try:\n"
+            "        build()\n"
+            "    except KeyboardInterrupt:\n"
+            "        return 130 if reached == ['pool', 'cleanup'] else 1\n"
+            "    return 0\n"
+            "reached = []\n"
+            "def build():\n"
+            "    with interrupts.deferred() as check:\n"
+            "        check()\n"
+            "        with ThreadPoolExecutor(4) as pool:\n"
+            "            futures = [pool.submit(os.kill, os.getpid(), sig) for sig in (signal.SIGINT, signal.SIGTERM)]\n"
+            "            for f in futures:\n"
+            "                f.result()\n"
+            "            threading.Event().wait(0.2)  # both signals are handled in here, by the main thread\n"
+            "        reached.append('pool')\n"
+            "        with interrupts.deferred() as cleanup_check:\n"
+            "            cleanup_check()  # the interrupt came before the cleanup began\n"
+            "        reached.append('cleanup')\n"
+            "        check()\n"
+            "emulator.cli.main = command\n"
+            "raise SystemExit(emulator.entry.run())\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
 
 
 def test_make_test_kernel_selects_only_kernel_parametrisations():
