@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from netns import ops
 from netns.registry import Registry, end_with_parent
 
 from . import interrupts
@@ -55,7 +56,7 @@ def start_tcpdump(registry: Registry, what: str, netns: str, iface: str, path: P
             "-U", "-Z", "root", "--immediate-mode", "-w", str(path), *(["-Q", "in"] if inbound_only else []),
             *([bpf] if bpf else [])]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, cwd=WORKER_CWD,
+                            text=True, cwd=WORKER_CWD, **ops.OUTLIVES_COMMAND,
                             preexec_fn=end_with_parent if with_parent else None)
     registry.adopt_process(proc.pid, what)
     said = []

@@ -466,7 +466,7 @@ def _start_worker(registry: Registry, what: str, module: str, args: list[str]) -
     with ops.signals_held():  # it runs in the host namespace: it must be journalled before any interrupt
         proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                start_new_session=True, cwd=WORKER_CWD, preexec_fn=ops.signals_unblocked)
+                                cwd=WORKER_CWD, preexec_fn=ops.signals_unblocked, **ops.OUTLIVES_COMMAND)
         registry.adopt_process(proc.pid, what)
     if proc.stdout.readline().strip() != "ready":
         raise EnvironmentProblem(f"the {what} did not start")

@@ -1,16 +1,23 @@
 #!/bin/sh
 # The hand-made reference for `make bench`: the fastest plain tunnel one can build by hand on this
 # machine, two charon daemons (kernel-libipsec, or the kernel's XFRM where it has ESP) joined by
-# one veth, iperf3 between addresses inside the tunnel, nothing else on the path. The lab's own
-# tunnel is measured against it in the same run.
-#   usage: reference_tunnel.sh [ESP_PROPOSAL] [SECONDS] [libipsec|kernel]   (as root)
+# one veth, iperf3 through the tunnel, nothing else on the path. The lab's own tunnel is measured
+# against it in the same run, in both places the lab can be measured:
+#   gateways  iperf3 between addresses of the two gateways themselves (the tunnel alone);
+#   hosts     a host behind each gateway (one veth, the gateway forwards), iperf3 between the
+#             hosts: what a hand-built site-to-site tunnel gives its sites, and what
+#             `vnetlab verify --throughput` measures.
+#   usage: reference_tunnel.sh [ESP_PROPOSAL] [SECONDS] [libipsec|kernel] [gateways|hosts]   (as root)
 # Prints "up <seconds>" (namespaces, both daemons, tunnel established: the floor for `vnetlab up`)
-# and, unless SECONDS is 0, "reference <proposal> <dataplane> <Mbit/s>". Removes everything it made.
+# and, unless SECONDS is 0, "reference <proposal> <dataplane> <where> <Mbit/s>". Removes everything
+# it made. Every process it starts stays in the caller's session: a session is a CPU share of its
+# own to the scheduler (autogroups), and the lab's daemons stay in the session of `vnetlab up`.
 set -eu
 started=$(date +%s.%N)
 esp=${1:-aes128gcm16}
 seconds=${2:-3}
 dataplane=${3:-libipsec}
+where=${4:-gateways}
 tag="vref$$"
 work=$(mktemp -d)
 pids=""
@@ -21,6 +28,8 @@ cleanup() {
     for pid in $pids; do kill -9 "$pid" 2>/dev/null || true; done
     ip netns del "$tag-a" 2>/dev/null || true
     ip netns del "$tag-b" 2>/dev/null || true
+    ip netns del "$tag-ah" 2>/dev/null || true
+    ip netns del "$tag-bh" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
@@ -28,7 +37,7 @@ trap cleanup EXIT INT TERM
 plugins="random nonce openssl aesni gcm kdf vici socket-default kernel-netlink"
 [ "$dataplane" = libipsec ] && plugins="random nonce openssl aesni gcm kdf vici socket-default kernel-libipsec kernel-netlink"
 
-side() {  # name, own public address, peer public address, own inner address, peer inner address
+side() {  # name, own public address, peer public address, local subnet, remote subnet, own inner address
     ns="$tag-$1"
     dir="$work/$1"
     mkdir -p "$dir"
@@ -52,12 +61,12 @@ connections { ref { version = 2
     id = $2 }
   remote { auth = psk
     id = $3 }
-  children { ref { local_ts = $4/32
-    remote_ts = $5/32
+  children { ref { local_ts = $4
+    remote_ts = $5
     esp_proposals = $esp } } } }
 secrets { ike { secret = ReferenceOnly1 } }
 EOF
-    ip -n "$ns" addr add "$4/32" dev lo
+    ip -n "$ns" addr add "$6/32" dev lo
     STRONGSWAN_CONF="$dir/strongswan.conf" ip netns exec "$ns" unshare --mount --propagation private \
         sh -c 'mount -t tmpfs ref-run /run && exec /usr/lib/ipsec/charon' > "$dir/stderr" 2>&1 &
     pids="$pids $!"
@@ -69,8 +78,22 @@ ip -n "$tag-a" link add bb type veth peer name bb netns "$tag-b"
 ip -n "$tag-a" addr add 192.0.2.1/30 dev bb
 ip -n "$tag-b" addr add 192.0.2.2/30 dev bb
 for n in a b; do ip -n "$tag-$n" link set lo up; ip -n "$tag-$n" link set bb up; done
-side a 192.0.2.1 192.0.2.2 10.201.0.1 10.202.0.1
-side b 192.0.2.2 192.0.2.1 10.202.0.1 10.201.0.1
+if [ "$where" = hosts ]; then  # a host behind each gateway, 10.20N.1.4/24 via 10.20N.1.1
+    for n in a b; do
+        net=10.20$([ $n = a ] && echo 1 || echo 2).1
+        ip netns add "$tag-${n}h"
+        ip -n "$tag-$n" link add s0 type veth peer name eth0 netns "$tag-${n}h"
+        ip -n "$tag-$n" addr add "$net.1/24" dev s0
+        ip -n "$tag-${n}h" addr add "$net.4/24" dev eth0
+        ip -n "$tag-$n" link set s0 up
+        ip -n "$tag-${n}h" link set lo up
+        ip -n "$tag-${n}h" link set eth0 up
+        ip -n "$tag-${n}h" route add default via "$net.1"
+        ip netns exec "$tag-$n" sysctl -qw net.ipv4.ip_forward=1
+    done
+fi
+side a 192.0.2.1 192.0.2.2 10.201.0.0/16 10.202.0.0/16 10.201.0.1
+side b 192.0.2.2 192.0.2.1 10.202.0.0/16 10.201.0.0/16 10.202.0.1
 for n in a b; do
     tries=0
     until [ -S "$work/$n/charon.vici" ]; do
@@ -82,9 +105,11 @@ done
 STRONGSWAN_CONF="$work/a/strongswan.conf" ip netns exec "$tag-a" swanctl --initiate --child ref >/dev/null
 awk -v now="$(date +%s.%N)" -v t0="$started" 'BEGIN { printf "up %.3f\n", now - t0 }'
 [ "$seconds" = 0 ] && exit 0
-ip netns exec "$tag-b" iperf3 -s -1 -B 10.202.0.1 >/dev/null 2>&1 &
+client="$tag-a" server="$tag-b" src=10.201.0.1 dst=10.202.0.1
+[ "$where" = hosts ] && client="$tag-ah" server="$tag-bh" src=10.201.1.4 dst=10.202.1.4
+ip netns exec "$server" iperf3 -s -1 -B "$dst" >/dev/null 2>&1 &
 pids="$pids $!"
 sleep 0.3
-mbps=$(ip netns exec "$tag-a" iperf3 -c 10.202.0.1 -B 10.201.0.1 -t "$seconds" -J \
+mbps=$(ip netns exec "$client" iperf3 -c "$dst" -B "$src" -t "$seconds" -J \
     | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e6, 1))')
-echo "reference $esp $dataplane $mbps"
+echo "reference $esp $dataplane $where $mbps"

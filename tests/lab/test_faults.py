@@ -103,6 +103,7 @@ def test_a_killed_gateway_daemon_heals_itself(lab):
                 assert time.monotonic() - killed < 10, f"{gateway}: no traffic {time.monotonic() - killed:.1f} s after kill -9"
             healed = time.monotonic() - killed
             assert _charon_pid(lab, name, gateway) != pid  # a new daemon, journalled (down removes it)
+            assert os.getsid(_charon_pid(lab, name, gateway)) == os.getsid(0)  # see test_lab.assert_in_callers_session
             deadline = time.monotonic() + 5
             while not _restart_logged(lab, name, gateway):
                 assert time.monotonic() < deadline, f"{gateway}: no restart event"
