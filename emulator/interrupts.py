@@ -24,15 +24,22 @@ _count = 0  # interrupts seen by this command
 _armed = False
 _deferring = 0
 _ignoring = False
+_told = False
 
 
 def _note(signum: int, frame: object) -> None:
-    global _count
+    global _count, _told
     if os.getpid() != _MAIN_PID:
         os._exit(0)
     _count += 1
     if not _deferring:
         raise KeyboardInterrupt
+    if not _told:  # one unbuffered write: a print here could re-enter a print it interrupted
+        _told = True
+        try:
+            os.write(2, b"vnetlab: interrupted: stopping after the step in progress\n")
+        except OSError:
+            pass  # stderr closed: nothing may be raised from here
 
 
 def _unraisable(info: sys.UnraisableHookArgs) -> None:

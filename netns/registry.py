@@ -115,10 +115,8 @@ class Registry:
         self.record("process", pid=pid, start=start_ticks(pid), what=what)
 
     def live(self, what: str) -> set[int]:
-        """The journalled processes of this kind that still run: checked by start time (a reused pid
-        is not one), and a zombie is not one either (a killed daemon nobody has reaped yet)."""
-        return {e["pid"] for e in self.entries() if e["kind"] == "process" and e["what"] == what
-                and e.get("start") is not None and start_ticks(e["pid"]) == e["start"] and _alive(e["pid"])}
+        """The journalled processes of this kind that still run."""
+        return {e["pid"] for e in self.entries() if _running(e) and e["what"] == what}
 
     def stop(self, what: str, grace: float = 1.0) -> None:
         _stop(self.live(what), grace)
@@ -130,10 +128,7 @@ class Registry:
             return [f"{self.directory} is not a vnetlab lab directory (no {MARKER}): left alone"]
         entries = self.entries()
         namespaces = [e["name"] for e in entries if e["kind"] == "netns"]
-        victims: set[int] = set()
-        for e in entries:
-            if e["kind"] == "process" and e.get("start") is not None and start_ticks(e["pid"]) == e["start"]:
-                victims.add(e["pid"])
+        victims = {e["pid"] for e in entries if _running(e)}
         for ns in namespaces:
             victims.update(pids_in_netns(ns))
         victims.discard(os.getpid())  # never this command itself, whatever namespace it stands in
@@ -148,6 +143,13 @@ class Registry:
         if self.directory.exists():
             problems.append(f"directory {self.directory} could not be removed")
         return problems
+
+
+def _running(e: dict) -> bool:
+    """A journalled process that still runs: checked by start time (a reused pid is not it), and a
+    zombie is not one either (a killed daemon nobody has reaped yet)."""
+    return (e["kind"] == "process" and e.get("start") is not None and start_ticks(e["pid"]) == e["start"]
+            and _alive(e["pid"]))
 
 
 def end_with_parent() -> None:

@@ -4,6 +4,7 @@ against the bare backbone veth. Writes bench-results.json and prints a table."""
 
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -149,6 +150,29 @@ def throughput(results: dict) -> None:
                                                     / results["reference_hosts_aes128gcm16_mbps"], 2)
 
 
+def kernel_guest_throughput(results: dict) -> None:
+    """The kernel (XFRM) data plane, which this machine's kernel lacks: make test-kernel's Debian
+    guest runs the uncapped throughput test, and its printed figures are kept. Under TCG
+    emulation the absolute rates mean little; the tunnel's ratio to a bare veth in the same guest
+    is the figure to compare. VNETLAB_BENCH_KERNEL=0 leaves it out (a few minutes under TCG)."""
+    if os.environ.get("VNETLAB_BENCH_KERNEL", "1") == "0":
+        results["kernel_guest"] = "left out (VNETLAB_BENCH_KERNEL=0)"
+        return
+    res = subprocess.run([sys.executable, str(ROOT / "tests" / "kernel_guest.py"),
+                          "tests/lab/test_verify.py::test_throughput_without_a_cap", "-s"],
+                         capture_output=True, text=True, timeout=3600)
+    figures = re.search(r"throughput \[kernel\]: tunnel ([\d.]+) Mbit/s, bare veth ([\d.]+) Mbit/s, ratio ([\d.]+)",
+                        res.stdout)
+    accel = re.search(r"guest: ran \d+ s under (\w+)", res.stdout)
+    if res.returncode != 0 or not figures:
+        results["kernel_guest"] = f"failed (exit {res.returncode}): {(res.stdout + res.stderr)[-300:]}"
+        return
+    results["kernel_guest"] = f"Debian 12 guest under {accel.group(1) if accel else '?'}"
+    results["kernel_guest_tunnel_mbps"] = float(figures.group(1))
+    results["kernel_guest_bare_veth_mbps"] = float(figures.group(2))
+    results["kernel_guest_tunnel_over_bare"] = float(figures.group(3))
+
+
 def plan_file(text: str) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         fh.write(text)
@@ -259,6 +283,7 @@ def main() -> None:
     results["default_up_over_reference"] = round(results["default_up_s_median"] / results["reference_up_s_median"], 2)
 
     throughput(results)
+    kernel_guest_throughput(results)
 
     path = plan_file(mesh(10))
     results["mesh10_up_s"] = round(run("up", path), 3)

@@ -95,11 +95,14 @@ def listen(gateway: str, directory: Path, recorder: Recorder, ready: threading.B
             if not announced:
                 announced = True
                 ready.wait()
-        recorder.forget(gateway)
-        restarts = [t for t in restarts if time.monotonic() - t < 60] + [time.monotonic()]
-        if not directory.parent.exists() or len(restarts) > RESTARTS_PER_MINUTE:
+        restarts = [t for t in restarts if time.monotonic() - t < 60]
+        if not directory.parent.exists() or len(restarts) >= RESTARTS_PER_MINUTE:
+            recorder.forget(gateway)
             return  # the lab is being removed, or the daemon cannot stay up: `status` says it is not running
-        _restart(gateway, directory, recorder)
+        if _restart(gateway, directory, recorder):
+            restarts.append(time.monotonic())
+        else:  # a false alarm (a slow daemon) is not a restart: listen again, without spinning
+            time.sleep(1.0)
 
 
 def _sync(gateway: str, directory: Path, recorder: Recorder, quiet: bool) -> None:
@@ -136,7 +139,9 @@ def _record(gateway: str, kind: str, msg: dict, recorder: Recorder) -> None:
                            f"(new IKE SA #{_text(new.get('uniqueid', '?'))}).", cause=kind)
 
 
-def _restart(gateway: str, directory: Path, recorder: Recorder) -> None:
+def _restart(gateway: str, directory: Path, recorder: Recorder) -> bool:
+    """False when the daemon's process still runs: it was slow to answer, or reset-gateway restarted
+    it (and records its own event)."""
     from emulator.lab import heal_gateway
 
     try:
@@ -146,7 +151,8 @@ def _restart(gateway: str, directory: Path, recorder: Recorder) -> None:
     else:
         failure = None
         if seconds is None:
-            return  # restarted already, deliberately (reset-gateway records its own event)
+            return False
+    recorder.forget(gateway)
     message = (f"The gateway daemon of {gateway} stopped and was restarted by its supervisor; its tunnels were "
                f"initiated again {seconds:.1f} s later." if failure is None else
                f"The gateway daemon of {gateway} stopped; restarting it failed: {failure}")
@@ -157,6 +163,7 @@ def _restart(gateway: str, directory: Path, recorder: Recorder) -> None:
     for conn in _conns(directory.parent.name, gateway):
         recorder.write(gateway, conn, EVENT_RESTART, message, cause="restart",
                        to="Connected" if conn in installed else "NotConnected")
+    return True
 
 
 def _conns(lab_name: str, gateway: str) -> list[str]:

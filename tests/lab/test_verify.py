@@ -80,6 +80,23 @@ def test_throughput_with_standard_sku_cap(lab):
     assert bare["mbps"] > max(c["mbps"] for c in tunnels)
 
 
+def test_throughput_without_a_cap(lab, dataplane):
+    """The raw data plane through each tunnel, against a bare veth in the same run. Its figure is
+    printed for `make bench`, which runs the kernel case in the Debian guest (absolute figures
+    under emulation mean little there: the ratio to the bare veth is the one to read)."""
+    assert lab.cli("up", "--name", "t-raw", "--dataplane", dataplane, "--no-sku-limit").returncode == 0
+    code, data, res = verify(lab, "t-raw", "--throughput", "--duration", "2")
+    assert code == 0, res.stdout + res.stderr
+    tput = [c for c in data["checks"] if c["kind"] == "throughput"]
+    tunnels = sorted(c["mbps"] for c in tput if "TestVNet" in c["src"])
+    (bare,) = [c["mbps"] for c in tput if "TestVNet" not in c["src"]]
+    assert len(tunnels) == 2 and 0 < tunnels[-1] < bare
+    assert all(c["wire_mbps"] is None or c["wire_mbps"] > 0 for c in tput)
+    median = (tunnels[0] + tunnels[1]) / 2
+    print(f"\nthroughput [{dataplane}]: tunnel {median:.1f} Mbit/s, bare veth {bare:.1f} Mbit/s, "
+          f"ratio {median / bare:.4f}")
+
+
 def test_vnet_to_vnet_plus_onprem(lab):
     assert lab.cli("up", str(PLANS / "vnet-to-vnet-plus-onprem.yaml"), "--name", "t-onprem").returncode == 0
     code, data, res = verify(lab, "t-onprem")
