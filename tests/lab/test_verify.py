@@ -91,7 +91,6 @@ def test_throughput_without_a_cap(lab, dataplane):
     tunnels = sorted(c["mbps"] for c in tput if "TestVNet" in c["src"])
     (bare,) = [c["mbps"] for c in tput if "TestVNet" not in c["src"]]
     assert len(tunnels) == 2 and 0 < tunnels[-1] < bare
-    assert all(c["wire_mbps"] is None or c["wire_mbps"] > 0 for c in tput)
     median = (tunnels[0] + tunnels[1]) / 2
     print(f"\nthroughput [{dataplane}]: tunnel {median:.1f} Mbit/s, bare veth {bare:.1f} Mbit/s, "
           f"ratio {median / bare:.4f}")
