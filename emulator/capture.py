@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from netns import ops
-from netns.registry import Registry, end_with_parent
+from netns.registry import Registry
+from netns.spawn import OUTLIVES_COMMAND, end_with_parent
 
 from . import interrupts
 from .keylog import KEYS_FILE, IkeKeys
@@ -56,7 +56,7 @@ def start_tcpdump(registry: Registry, what: str, netns: str, iface: str, path: P
             "-U", "-Z", "root", "--immediate-mode", "-w", str(path), *(["-Q", "in"] if inbound_only else []),
             *([bpf] if bpf else [])]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, cwd=WORKER_CWD, **ops.OUTLIVES_COMMAND,
+                            text=True, cwd=WORKER_CWD, **OUTLIVES_COMMAND,
                             preexec_fn=end_with_parent if with_parent else None)
     registry.adopt_process(proc.pid, what)
     said = []

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import vici
 
-from netns import ops
+from netns.spawn import OUTLIVES_COMMAND
 
 from .problems import EnvironmentProblem
 from .swanconf import ViciConfig
@@ -47,7 +47,7 @@ def start_charon(netns: str, directory: Path, lab_dir: Path) -> subprocess.Popen
         return subprocess.Popen(
             [shutil.which("ip") or "ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private",
              "sh", "-c", _SPAWN, "sh", str(lab_dir), str(CHARON)],
-            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **ops.OUTLIVES_COMMAND)
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **OUTLIVES_COMMAND)
     finally:
         log.close()
 

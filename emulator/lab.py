@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 
 from netns import ops
 from netns.registry import Registry, read_jsonl
+from netns.spawn import OUTLIVES_COMMAND
 
 from . import gateways, impair, interrupts
 from .plan import LAB_RE, LAB_RULE, parse_plan_text, read_plan_file
@@ -466,7 +467,7 @@ def _start_worker(registry: Registry, what: str, module: str, args: list[str]) -
     with ops.signals_held():  # it runs in the host namespace: it must be journalled before any interrupt
         proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                cwd=WORKER_CWD, preexec_fn=ops.signals_unblocked, **ops.OUTLIVES_COMMAND)
+                                cwd=WORKER_CWD, preexec_fn=ops.signals_unblocked, **OUTLIVES_COMMAND)
         registry.adopt_process(proc.pid, what)
     if proc.stdout.readline().strip() != "ready":
         raise EnvironmentProblem(f"the {what} did not start")

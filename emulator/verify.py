@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from netns.registry import Registry, end_with_parent
+from netns.registry import Registry
+from netns.spawn import end_with_parent
 
 from .capture import key_tables
 from .keytables import write_tables

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from ipaddress import IPv4Address, ip_address
 
 from . import gateways
-from netns.registry import end_with_parent
+from netns.spawn import end_with_parent
 
 from .executor import Executor, read_snapshot
 from .lab import Changes, Lab, apply, changing, desired, open_lab, plan_change, record_event

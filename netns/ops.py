@@ -45,15 +45,6 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-# Popen arguments for a lab process that outlives the command (a daemon, a worker, a capture): a
-# process group of its own, so that a Ctrl-C at the terminal does not reach it, but the command's
-# session, not a new one (start_new_session). Linux's scheduler autogroups (on in Debian's and
-# Ubuntu's kernels) give every session its own share of the CPU: each gateway daemon in a
-# session of its own got one share against the traffic it carries, and the tunnel ran at 0.6 of
-# the same daemons started in one session (make bench, 2 cores).
-OUTLIVES_COMMAND = {"process_group": 0}
-
-
 def signals_unblocked() -> None:
     """As a Popen preexec_fn inside signals_held(): the child must not inherit the held signals
     (a worker that ignores SIGTERM makes `down` wait for its SIGKILL)."""

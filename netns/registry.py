@@ -12,7 +12,6 @@ any point leaves a journal that covers everything it may have made. Teardown:
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -25,7 +24,6 @@ from . import ops
 
 JOURNAL = "resources.jsonl"
 MARKER = ".vnetlab-lab"  # written the moment a lab's directory is made: only such a directory is ever removed
-PR_SET_PDEATHSIG = 1
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -150,12 +148,6 @@ def _running(e: dict) -> bool:
     zombie is not one either (a killed daemon nobody has reaped yet)."""
     return (e["kind"] == "process" and e.get("start") is not None and start_ticks(e["pid"]) == e["start"]
             and _alive(e["pid"]))
-
-
-def end_with_parent() -> None:
-    """As a Popen preexec_fn: the child gets SIGTERM when its parent dies (`ip netns exec` execs
-    the command, and the setting survives exec), so a helper never outlives a killed command."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _stop(pids: set[int], grace: float) -> None:

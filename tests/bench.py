@@ -136,18 +136,20 @@ def throughput(results: dict) -> None:
     results["gateway_tunnel_mbps_no_cap"] = statistics.median(lab_gws)
     results["reference_aes256gcm16_mbps"] = statistics.median(ref_gws)
     results["gateway_tunnel_over_reference"] = round(statistics.median(lab_gws) / statistics.median(ref_gws), 2)
-    # the other classic GCM suite, once each: what `verify --throughput` would say it gives
+    # the other classic GCM suite, host to host, the same way: what `verify --throughput` would say it gives
     path = plan_file((ROOT / "configs" / "plans" / "classic-vnet-to-vnet.yaml").read_text().replace(
         "shared_key: A1b2C3D4}", "shared_key: A1b2C3D4, ipsec: {esp_proposals: [aes128gcm16-modp1024]}}"))
-    run("up", path, "--name", "bench-gcm128", "--no-sku-limit")
-    _, data = run_json("verify", "--name", "bench-gcm128", "--throughput", "--json")
-    run("down", "--name", "bench-gcm128")
+    lab_128, ref_128 = [], []
+    for _ in range(3):
+        run("up", path, "--name", "bench-gcm128", "--no-sku-limit")
+        _, data = run_json("verify", "--name", "bench-gcm128", "--throughput", "--json")
+        run("down", "--name", "bench-gcm128")
+        lab_128 += [c["mbps"] for c in data["checks"] if c["kind"] == "throughput" and "TestVNet" in c["src"]]
+        ref_128.append(float(reference("aes128gcm16", 3, dataplane, "hosts")["reference"]))
     os.unlink(path)
-    results["tunnel_gcm128_mbps_no_cap"] = statistics.median(c["mbps"] for c in data["checks"]
-                                                             if c["kind"] == "throughput" and "TestVNet" in c["src"])
-    results["reference_hosts_aes128gcm16_mbps"] = float(reference("aes128gcm16", 3, dataplane, "hosts")["reference"])
-    results["tunnel_gcm128_over_reference"] = round(results["tunnel_gcm128_mbps_no_cap"]
-                                                    / results["reference_hosts_aes128gcm16_mbps"], 2)
+    results["tunnel_gcm128_mbps_no_cap"] = statistics.median(lab_128)
+    results["reference_hosts_aes128gcm16_mbps"] = statistics.median(ref_128)
+    results["tunnel_gcm128_over_reference"] = round(statistics.median(lab_128) / statistics.median(ref_128), 2)
 
 
 def kernel_guest_throughput(results: dict) -> None:

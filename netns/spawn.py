@@ -1,0 +1,23 @@
+"""How the lab starts a process that is to outlive the command, or not. Light on purpose (no
+pyroute2): the supervisor imports it before it says it is ready."""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+
+PR_SET_PDEATHSIG = 1
+
+# Popen arguments for a lab process that outlives the command (a daemon, a worker, a capture): a
+# process group of its own, so that a Ctrl-C at the terminal does not reach it, but the command's
+# session, not a new one (start_new_session). Linux's scheduler autogroups (on in Debian's and
+# Ubuntu's kernels) give every session its own share of the CPU: each gateway daemon in a
+# session of its own got one share against the traffic it carries, and the tunnel ran at 0.6 of
+# the same daemons started in one session (make bench, 2 cores).
+OUTLIVES_COMMAND = {"process_group": 0}
+
+
+def end_with_parent() -> None:
+    """As a Popen preexec_fn: the child gets SIGTERM when its parent dies (`ip netns exec` execs
+    the command, and the setting survives exec), so a helper never outlives a killed command."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
