@@ -69,7 +69,7 @@ def deferred() -> Iterator[Callable[[], None]]:
     """A span in which Ctrl-C and SIGTERM are noted, not raised. Yields the span's check, to call
     at each safe point: it raises KeyboardInterrupt if an interrupt arrived since the span began
     (so a cleanup that runs after an earlier Ctrl-C, such as putting a lifted cap back, still
-    completes). Outside the command's main thread, or in a process that never armed (the
+    completes), and the outermost span raises it on leaving if no check did. Outside the command's main thread, or in a process that never armed (the
     supervisor), it changes nothing: there SIGTERM keeps its default, ending the process."""
     start = _count
 
@@ -89,6 +89,8 @@ def deferred() -> Iterator[Callable[[], None]]:
         _deferring -= 1
         if not _ignoring:
             signal.signal(signal.SIGTERM, previous)
+    if not _deferring:
+        check()  # one that came after the span's last safe point is not lost: it is raised on leaving
 
 
 @contextmanager

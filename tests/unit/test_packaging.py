@@ -99,6 +99,26 @@ def test_a_ctrl_c_while_a_lab_changes_stops_it_between_steps_not_inside_one():
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
 
 
+def test_a_ctrl_c_after_the_last_safe_point_is_raised_when_the_span_ends():
+    """An interrupt that arrived during a span's last step, with no check after it (verify lifting
+    a cap through the executor), must not be lost: the command would go on as if not asked to stop."""
+    code = ("import os, signal, emulator.cli, emulator.entry\n"
+            "from emulator import interrupts\n"
+            "def command():\n"
+            "    try:\n"
+            "        with interrupts.deferred():\n"
+            "            with interrupts.deferred():\n"
+            "                os.kill(os.getpid(), signal.SIGINT)\n"
+            "            inner_left = True  # an inner span leaves it to the outer one\n"
+            "    except KeyboardInterrupt:\n"
+            "        return 130 if inner_left else 1\n"
+            "    return 0\n"
+            "emulator.cli.main = command\n"
+            "raise SystemExit(emulator.entry.run())\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+
+
 def test_make_test_kernel_selects_only_kernel_parametrisations():
     """`make test-kernel` selects with -k kernel, and a skip in the guest fails it: a lab test whose
     own name says "kernel" but that is not run per data plane would be selected and skipped there."""
