@@ -48,6 +48,7 @@ LINKS_DOWN = "links-down.json"  # gateways whose backbone link is down (workers/
 # Workers run as `python -m emulator.workers.…` from here, so the installed package is what runs,
 # never an `emulator` folder that happens to be in the caller's working directory.
 WORKER_CWD = "/"
+WORKERS_LOG = "workers.log"
 
 
 @dataclass(frozen=True)
@@ -463,12 +464,17 @@ def _start_key_recorder(lab: Lab, registry: Registry) -> None:
 
 def _start_worker(registry: Registry, what: str, module: str, args: list[str]) -> None:
     """A long-lived helper of the lab, in the host namespace, journalled by pid; it prints
-    "ready" once it can do its work."""
-    with ops.signals_held():  # it runs in the host namespace: it must be journalled before any interrupt
-        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                cwd=WORKER_CWD, preexec_fn=ops.signals_unblocked, **OUTLIVES_COMMAND)
-        registry.adopt_process(proc.pid, what)
+    "ready" once it can do its work. What it says on stderr (a crash's traceback) goes to the
+    lab's workers.log, which `down` removes with the lab."""
+    log = os.open(registry.directory / WORKERS_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        with ops.signals_held():  # it runs in the host namespace: it must be journalled before any interrupt
+            proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=log, text=True,
+                                    cwd=WORKER_CWD, preexec_fn=ops.signals_unblocked, **OUTLIVES_COMMAND)
+            registry.adopt_process(proc.pid, what)
+    finally:
+        os.close(log)
     if proc.stdout.readline().strip() != "ready":
         raise EnvironmentProblem(f"the {what} did not start")
     proc.stdout.close()

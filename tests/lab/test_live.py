@@ -231,6 +231,12 @@ def test_interrupted_up_leaves_a_whole_lab_or_nothing(lab, tmp_path):
             print(f"attempt {attempt}: exit {proc.returncode}, {len(left)} namespaces left\nstderr:\n{err}\n"
                   f"events:\n{events.read_text()[-4000:] if events.exists() else 'none'}\n"
                   f"actions:\n{actions.read_text()[-4000:] if actions.exists() else 'none'}")
+            workers = lab.state / name / "workers.log"
+            print(f"workers.log:\n{workers.read_text()[-3000:] if workers.exists() else 'none'}")
+            for e in lab.journal(name):
+                if e["kind"] == "process":
+                    stat = Path(f"/proc/{e['pid']}/stat")
+                    print(f"{e['what']} pid {e['pid']}: {stat.read_text().split(')')[1].split()[0] if stat.exists() else 'gone'}")
             for gw_dir in sorted((lab.state / name).glob("*/charon.log")):
                 if f"daemon of {gw_dir.parent.name} " in err:
                     print(f"{gw_dir.parent.name}: charon.stderr: {(gw_dir.parent / 'charon.stderr').read_text()[-1500:]}\n"
