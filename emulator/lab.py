@@ -29,6 +29,7 @@ from netns.registry import Registry, read_jsonl
 from netns.spawn import OUTLIVES_COMMAND
 
 from . import gateways, impair, interrupts
+from .events import EVENTS
 from .plan import LAB_RE, LAB_RULE, parse_plan_text, read_plan_file
 from .model import PathConditions, Plan, SharedKey
 from .problems import EnvironmentProblem, Problem, UsageError
@@ -43,7 +44,6 @@ LAB_META = "lab.json"
 CHANGES = "changes.json"
 LOCK = "lock"
 LIBIPSEC_PLUGIN = Path("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so")
-EVENTS = "events.jsonl"
 LINKS_DOWN = "links-down.json"  # gateways whose backbone link is down (workers/monitor.py keeps it)
 # Workers run as `python -m emulator.workers.…` from here, so the installed package is what runs,
 # never an `emulator` folder that happens to be in the caller's working directory.
@@ -439,16 +439,6 @@ def heal_routes(lab_name: str, ns: str) -> list[Action]:
         actions = [a for a in diff(applied, desired(lab), lab.topology) if lane(a) in (ns, gateway)]
         Executor(lab).run(actions, applied)
         return actions
-
-
-def record_event(lab_dir: Path, event: dict) -> None:
-    """Append one event to the lab's event log (one line, one write: concurrent writers never interleave)."""
-    line = json.dumps({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **event}) + "\n"
-    fd = os.open(lab_dir / EVENTS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
 
 
 def _start_key_recorder(lab: Lab, registry: Registry) -> None:

@@ -18,7 +18,8 @@ from . import gateways
 from netns.spawn import end_with_parent
 
 from .executor import Executor, read_snapshot
-from .lab import Changes, Lab, apply, changing, desired, open_lab, plan_change, record_event
+from .events import record_event
+from .lab import Changes, Lab, apply, changing, desired, open_lab, plan_change
 from .model import PathConditions
 from .plan import KEY_RE, MSS_RANGE, parse_path_conditions
 from .problems import UsageError

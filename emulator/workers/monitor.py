@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from emulator import gateways  # vici only: the heavier modules (pyroute2) load after "ready"
+from emulator.events import record_event
 
 EVENT_STATE_CHANGE = 23401
 EVENT_RESTART = 23402
@@ -32,6 +33,11 @@ EVENT_LINK = 23404
 RESTARTS_PER_MINUTE = 5  # a daemon that dies at once after every start is left down, and said so
 RTMGRP_LINK = 1
 _lock = threading.Lock()
+# Set once the main thread has loaded the heavy modules, after "ready". A listener thread needs
+# them only to heal; it waits for this first, so that no two threads import at once (concurrent
+# imports of one package from several threads can fail half-way, and a listener that died of it
+# left its gateway unsupervised and its events unrecorded).
+_loaded = threading.Event()
 
 
 def _text(value) -> str:
@@ -44,8 +50,6 @@ class Recorder:
         self.state: dict[tuple[str, str], str] = {}
 
     def write(self, gateway: str, conn: str, event_id: int, message: str, **fields) -> None:
-        from emulator.lab import record_event
-
         record_event(self.lab_dir, {"gateway": gateway, "local_site": conn, "id": event_id, **fields,
                                     "message": message})
 
@@ -142,6 +146,7 @@ def _record(gateway: str, kind: str, msg: dict, recorder: Recorder) -> None:
 def _restart(gateway: str, directory: Path, recorder: Recorder) -> bool:
     """False when the daemon's process still runs: it was slow to answer, or reset-gateway restarted
     it (and records its own event)."""
+    _loaded.wait()
     from emulator.lab import heal_gateway
 
     try:
@@ -167,6 +172,7 @@ def _restart(gateway: str, directory: Path, recorder: Recorder) -> bool:
 
 
 def _conns(lab_name: str, gateway: str) -> list[str]:
+    _loaded.wait()
     from emulator.lab import open_lab
     from emulator.problems import VnetlabError
 
@@ -179,7 +185,8 @@ def _conns(lab_name: str, gateway: str) -> list[str]:
 def watch_links(lab_dir: Path, gateways_ns: dict[str, str]) -> None:
     """Link events of each gateway's namespace (netlink, RTMGRP_LINK). When a backbone link goes
     down, the kernel drops the routes through it; when it comes back, they are put back. Started
-    after "ready": it loads pyroute2 (0.15 s), and `up` need not wait for that."""
+    after "ready", once the main thread has loaded pyroute2 (0.15 s): `up` need not wait for that."""
+    _loaded.wait()
     from netns import ops
 
     socks: dict[int, tuple[socket.socket, str, str]] = {}
@@ -210,7 +217,8 @@ def watch_links(lab_dir: Path, gateways_ns: dict[str, str]) -> None:
 
 
 def _link_changed(lab_dir: Path, gateway: str, ns: str, down: set[str]) -> None:
-    from emulator.lab import heal_routes, record_event
+    _loaded.wait()
+    from emulator.lab import heal_routes
     from emulator.reconcile import AddRoute, Initiate
     from netns import ops
 
@@ -240,6 +248,7 @@ def _link_changed(lab_dir: Path, gateway: str, ns: str, down: set[str]) -> None:
 
 
 def _write_links_down(lab_dir: Path, down: set[str]) -> None:
+    _loaded.wait()
     from emulator.lab import LINKS_DOWN
 
     tmp = lab_dir / f".{LINKS_DOWN}.{os.getpid()}"
@@ -259,7 +268,12 @@ def main() -> None:
     ready.wait()
     print("ready", flush=True)
     sys.stdout.close()
-    # after "ready": its pyroute2 import (0.15 s) would hold the listeners, and `up` with them
+    # after "ready": their pyroute2 import (0.15 s) would hold the listeners, and `up` with them
+    import emulator.lab  # noqa: F401 - loaded here, in one thread (see _loaded)
+    import emulator.reconcile  # noqa: F401
+    import netns.ops  # noqa: F401
+
+    _loaded.set()
     links = threading.Thread(target=watch_links, args=(lab_dir, {n: ns for n, ns, _d in specs}), daemon=True)
     links.start()
     for t in [*threads, links]:
