@@ -36,14 +36,20 @@ def test_the_venv_runs_the_installed_package_not_the_checkout(tmp_path):
     assert shipped.returncode == 0, shipped.stderr  # the default plan is packaged data
 
 
+def as_the_command(code: str) -> subprocess.CompletedProcess:
+    """Run `code` as the vnetlab command: it defines command(), which stands in for cli.main and
+    runs under entry.run's Ctrl-C policy."""
+    code = ("import atexit, os, signal, threading, time, weakref, emulator.cli, emulator.entry\n"
+            "from emulator import interrupts\n" + code +
+            "emulator.cli.main = command\nraise SystemExit(emulator.entry.run())\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+
+
 def test_a_ctrl_c_after_the_command_returned_leaves_its_answer(tmp_path):
     """A SIGINT that lands while Python shuts down must not turn a finished command into a death by
     signal (CI saw `up` complete the lab and then die with -SIGINT)."""
-    code = ("import atexit, os, signal, time, emulator.cli, emulator.entry\n"
-            "emulator.cli.main = lambda: 7\n"
-            "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.1)))\n"
-            "raise SystemExit(emulator.entry.run())\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    done = as_the_command("command = lambda: 7\n"
+                          "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.1)))\n")
     assert (done.returncode, done.stderr) == (7, "")
 
 
@@ -51,17 +57,13 @@ def test_a_ctrl_c_python_swallows_is_remembered_not_printed(tmp_path):
     """A SIGINT whose KeyboardInterrupt lands inside a callback (CI: an import lock's weakref callback,
     during a lazy import before `up` had begun) is dropped by Python with "Exception ignored in ...".
     The command must neither print that nor forget the interrupt: `up` checks it before it builds."""
-    code = ("import os, signal, weakref, emulator.cli, emulator.entry\n"
-            "from emulator import interrupts\n"
+    done = as_the_command(
             "class Thing: pass\n"
             "def command():\n"
             "    thing = Thing()\n"
             "    ref = weakref.ref(thing, lambda r: os.kill(os.getpid(), signal.SIGINT))\n"
             "    del thing  # the callback runs, the handler raises in it, Python drops the exception\n"
-            "    return 130 if interrupts.interrupted() else 0\n"
-            "emulator.cli.main = command\n"
-            "raise SystemExit(emulator.entry.run())\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+            "    return 130 if interrupts.interrupted() else 0\n")
     assert (done.returncode, done.stderr) == (130, "")
 
 
@@ -70,9 +72,8 @@ def test_a_ctrl_c_while_a_lab_changes_stops_it_between_steps_not_inside_one():
     lock, and `up` ended in "RuntimeError: release unlocked lock" with a traceback. In a deferred
     span, SIGINT and SIGTERM are only noted: the code between two safe points runs to its end, the
     next check raises; a span begun after the interrupt (a cleanup) is not cut short by it."""
-    code = ("import os, signal, threading, emulator.cli, emulator.entry\n"
+    done = as_the_command(
             "from concurrent.futures import ThreadPoolExecutor\n"
-            "from emulator import interrupts\n"
             "def command():\n"
             "    try:\n"
             "        build()\n"
@@ -92,18 +93,14 @@ def test_a_ctrl_c_while_a_lab_changes_stops_it_between_steps_not_inside_one():
             "        with interrupts.deferred() as cleanup_check:\n"
             "            cleanup_check()  # the interrupt came before the cleanup began\n"
             "        reached.append('cleanup')\n"
-            "        check()\n"
-            "emulator.cli.main = command\n"
-            "raise SystemExit(emulator.entry.run())\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+            "        check()\n")
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
 
 
 def test_a_ctrl_c_after_the_last_safe_point_is_raised_when_the_span_ends():
     """An interrupt that arrived during a span's last step, with no check after it (verify lifting
     a cap through the executor), must not be lost: the command would go on as if not asked to stop."""
-    code = ("import os, signal, emulator.cli, emulator.entry\n"
-            "from emulator import interrupts\n"
+    done = as_the_command(
             "def command():\n"
             "    try:\n"
             "        with interrupts.deferred():\n"
@@ -112,10 +109,7 @@ def test_a_ctrl_c_after_the_last_safe_point_is_raised_when_the_span_ends():
             "            inner_left = True  # an inner span leaves it to the outer one\n"
             "    except KeyboardInterrupt:\n"
             "        return 130 if inner_left else 1\n"
-            "    return 0\n"
-            "emulator.cli.main = command\n"
-            "raise SystemExit(emulator.entry.run())\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+            "    return 0\n")
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
 
 
