@@ -12,9 +12,13 @@ EVENTS = "events.jsonl"
 
 
 def record_event(lab_dir: Path, event: dict) -> None:
-    """Append one event to the lab's event log (one line, one write: concurrent writers never interleave)."""
-    line = json.dumps({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **event}) + "\n"
-    fd = os.open(lab_dir / EVENTS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    append_timestamped(lab_dir / EVENTS, event)
+
+
+def append_timestamped(path: Path, record: dict) -> None:
+    """Append one timestamped JSON line to a lab log (one write: concurrent writers never interleave)."""
+    line = json.dumps({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **record}) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         os.write(fd, line.encode())
     finally:

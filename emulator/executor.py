@@ -9,12 +9,10 @@ which the next apply re-adds whatever may be missing; adding is idempotent (repl
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime, timezone
 from itertools import groupby
 from pathlib import Path
 from typing import Callable
@@ -23,6 +21,7 @@ from netns import ops
 from netns.registry import Registry
 
 from . import gateways, impair, interrupts
+from .events import append_timestamped
 from .reconcile import (Action, AddRoute, DelRoute, Initiate, LiveState, Load, SetClamp, SetLink, SetPath, SetRate,
                         StartDaemon, StopDaemon, Terminate, Unload, WriteConfig)
 from .render import render_gateway, write_private, write_rendered
@@ -134,13 +133,7 @@ class Executor:
         self._journal(a, "done")
 
     def _journal(self, a: Action, outcome: str) -> None:
-        line = json.dumps({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                           "action": a.describe(), "outcome": outcome}) + "\n"
-        fd = os.open(self.lab.directory / ACTIONS_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
+        append_timestamped(self.lab.directory / ACTIONS_LOG, {"action": a.describe(), "outcome": outcome})
 
     def _gateway_action(self, a: Action) -> None:
         gw = self.lab.topology.gateway(a.gateway)
