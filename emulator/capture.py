@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from netns.registry import Registry
-from netns.spawn import OUTLIVES_COMMAND, end_with_parent
+from netns.spawn import OUTLIVES_COMMAND, end_with_parent, wait_for_word
 
 from . import interrupts
 from .keylog import KEYS_FILE, IkeKeys
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .trace import Message
 
 IKE_PCAP = "ike.pcap"
+LISTENING_S = 15.0  # tcpdump says "listening on" within a second, even under load
 IKE_FILTER = "udp port 500 or (udp port 4500 and udp[8:4] = 0)"
 
 
@@ -56,17 +57,15 @@ def start_tcpdump(registry: Registry, what: str, netns: str, iface: str, path: P
             "-U", "-Z", "root", "--immediate-mode", "-w", str(path), *(["-Q", "in"] if inbound_only else []),
             *([bpf] if bpf else [])]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, cwd=WORKER_CWD, **OUTLIVES_COMMAND,
-                            preexec_fn=end_with_parent if with_parent else None)
+                            cwd=WORKER_CWD, **OUTLIVES_COMMAND, preexec_fn=end_with_parent if with_parent else None)
     registry.adopt_process(proc.pid, what)
-    said = []
-    for line in proc.stderr:
-        said.append(line.strip())
-        if "listening on" in line:
-            proc.stderr.close()
-            return proc
-    proc.wait()
-    raise EnvironmentProblem(f"{what} did not start: {' '.join(said)[-300:]}")
+    try:
+        listening, said = wait_for_word(proc.stderr.fileno(), b"listening on", LISTENING_S)
+    finally:
+        proc.stderr.close()
+    if not listening:  # journalled: the caller's teardown ends it if it still runs
+        raise EnvironmentProblem(f"{what} did not start within {LISTENING_S:.0f} s: {' '.join(said.split())[-300:]}")
+    return proc
 
 
 def start_ike_recorder(lab_dir: Path, backbone: str, registry: Registry) -> None:

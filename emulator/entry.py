@@ -2,8 +2,10 @@
 importing end quietly with 130 (nothing is built yet), instead of with an import traceback;
 from the command's first line on, Ctrl-C follows interrupts.py. Once the command has returned,
 its answer stands: a Ctrl-C then is ignored, because Python's shutdown puts back the default
-handler and would otherwise kill a finished command with SIGINT."""
+handler and would otherwise kill a finished command with SIGINT. A command that seems stuck
+prints every thread's stack on `kill -USR1 PID` (the lab's helpers too, into workers.log)."""
 
+import faulthandler
 import os
 import signal
 import sys
@@ -15,6 +17,7 @@ def _before_start(signum: int, frame: object) -> None:
 
 
 signal.signal(signal.SIGINT, _before_start)
+faulthandler.register(signal.SIGUSR1)
 
 
 def run() -> int:

@@ -9,6 +9,7 @@ All these mounts live and die with the daemon's mount namespace.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -74,6 +75,7 @@ class GatewayDown(EnvironmentProblem, ConnectionError):
     """A gateway's daemon does not answer on its vici socket: exit 3 with what to do, never a traceback."""
 
     def __init__(self, directory: Path, why: str):
+        self.why = why
         super().__init__(f"the strongSwan daemon of gateway {directory.name} is not answering ({why}); nothing was "
                          f"changed. 'vnetlab status' shows the gateways; 'vnetlab down' then 'vnetlab up' rebuilds the "
                          f"lab (its log: {directory / 'charon.log'})")
@@ -96,6 +98,12 @@ def _connect(path: Path, timeout: float) -> socket.socket:
         except OSError as exc:
             sock.close()
             raise GatewayDown(path.parent, exc.strerror or str(exc)) from None
+
+
+def is_gone(exc: GatewayDown) -> bool:
+    """Whether nothing listens on the socket any more (the daemon is not running), as opposed to
+    a daemon that is there but slow, busy or broke the connection."""
+    return exc.why in (os.strerror(errno.ENOENT), os.strerror(errno.ECONNREFUSED))
 
 
 def wait_ready(directory: Path, proc: subprocess.Popen | None, deadline: float) -> None:

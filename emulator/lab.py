@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 from netns import ops
 from netns.registry import Registry, read_jsonl
-from netns.spawn import OUTLIVES_COMMAND
+from netns.spawn import OUTLIVES_COMMAND, wait_for_word
 
 from . import gateways, impair, interrupts
 from .events import EVENTS
@@ -49,6 +49,7 @@ LINKS_DOWN = "links-down.json"  # gateways whose backbone link is down (workers/
 # never an `emulator` folder that happens to be in the caller's working directory.
 WORKER_CWD = "/"
 WORKERS_LOG = "workers.log"
+WORKER_READY_S = 30.0  # a helper is ready in well under a second, even with 300 gateways
 
 
 @dataclass(frozen=True)
@@ -460,14 +461,19 @@ def _start_worker(registry: Registry, what: str, module: str, args: list[str]) -
     try:
         with ops.signals_held():  # it runs in the host namespace: it must be journalled before any interrupt
             proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=log, text=True,
+                                    stdout=subprocess.PIPE, stderr=log,
                                     cwd=WORKER_CWD, preexec_fn=ops.signals_unblocked, **OUTLIVES_COMMAND)
             registry.adopt_process(proc.pid, what)
     finally:
         os.close(log)
-    if proc.stdout.readline().strip() != "ready":
-        raise EnvironmentProblem(f"the {what} did not start")
-    proc.stdout.close()
+    try:
+        ready, _said = wait_for_word(proc.stdout.fileno(), b"ready\n", WORKER_READY_S)
+    finally:
+        proc.stdout.close()
+    if not ready:  # no wait without an end: a helper that hangs fails `up`, which then removes the lab
+        why = f"said nothing within {WORKER_READY_S:.0f} s" if proc.poll() is None else "exited before it was ready"
+        told = (registry.directory / WORKERS_LOG).read_text(errors="replace").strip()[-600:]
+        raise EnvironmentProblem(f"the {what} {why}" + (f"; it said: {told}" if told else ""))
 
 
 def _start_monitor(lab: Lab, registry: Registry) -> None:

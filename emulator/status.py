@@ -239,16 +239,18 @@ def collect(lab: Lab, with_reasons: bool = True) -> list[ConnectionStatus]:
     carried = closed_bytes(lab)
     links_down = lab.links_down()
     answers: dict[str, dict[str, gateways.SaState] | None] = {}
+    silent: dict[str, str] = {}  # gateway -> why its daemon gave no answer
     for gw in lab.topology.gateways:
         try:
             answers[gw.name] = gateways.list_sas(lab.gw_dir(gw))
-        except (ConnectionError, OSError):
+        except gateways.GatewayDown as exc:
             answers[gw.name] = None
+            silent[gw.name] = "is not running" if gateways.is_gone(exc) else f"does not answer ({exc.why})"
     result = []
     for gw in lab.topology.gateways:
         sas, down_reason = answers[gw.name] or {}, ""
-        if answers[gw.name] is None:
-            down_reason = (f"gateway daemon of {gw.name} is not running: its supervisor restarts it "
+        if gw.name in silent:
+            down_reason = (f"gateway daemon of {gw.name} {silent[gw.name]}: its supervisor restarts it "
                            "within seconds; if it stays down, see vnetlab gateway, then down and up")
         if gw.name in links_down:
             down_reason = (f"the backbone link of {gw.name} is down: no route to any peer (its SAs may still be "

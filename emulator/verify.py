@@ -31,7 +31,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from netns.registry import Registry
-from netns.spawn import end_with_parent
+from netns.spawn import end_with_parent, wait_for_word
 
 from .capture import key_tables
 from .keytables import write_tables
@@ -244,9 +244,11 @@ class Workers:
 
 
 def _wait_ready(proc: subprocess.Popen, what: str) -> None:
-    line = proc.stdout.readline()
-    if line.strip() != "ready":
-        raise EnvironmentProblem(f"{what} did not start: {line.strip()} {proc.stderr.read()[-500:]}")
+    ready, said = wait_for_word(proc.stdout.fileno(), b"ready\n", READY_S)
+    if not ready:
+        if proc.poll() is None:
+            raise EnvironmentProblem(f"{what} did not start within {READY_S:.0f} s: {said.strip()}")
+        raise EnvironmentProblem(f"{what} did not start: {said.strip()} {proc.stderr.read()[-500:]}")
 
 
 @dataclass(frozen=True)
@@ -305,6 +307,7 @@ def mtu_searches(probes: list[Probe]) -> list[MtuSearch]:
     return searches
 
 
+READY_S = 60.0  # the capture worker imports scapy (about 1 s) and opens one socket per link
 JUDGE_SECONDS = 600  # the capture judges every byte it saw: a 300-VNet ring's run takes tens of seconds
 
 

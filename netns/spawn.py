@@ -4,7 +4,10 @@ pyroute2): the supervisor imports it before it says it is ready."""
 from __future__ import annotations
 
 import ctypes
+import os
+import select
 import signal
+import time
 
 PR_SET_PDEATHSIG = 1
 
@@ -21,3 +24,20 @@ def end_with_parent() -> None:
     """As a Popen preexec_fn: the child gets SIGTERM when its parent dies (`ip netns exec` execs
     the command, and the setting survives exec), so a helper never outlives a killed command."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def wait_for_word(fd: int, word: bytes, seconds: float) -> tuple[bool, str]:
+    """Read a starting process's pipe until `word` appears: (whether it did, what it said). Every
+    wait for another process has an end: at `seconds`, or when the pipe closes (it exited). Raw
+    reads, not a text stream's readline, whose buffer can hold the word while select() waits."""
+    deadline = time.monotonic() + seconds
+    said = b""
+    while word not in said:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        said += chunk
+    return word in said, said.decode(errors="replace")

@@ -10,10 +10,12 @@ closed pipe, not even across a restart. Appends one JSON line per SA to GATEWAY_
 
 from __future__ import annotations
 
+import faulthandler
 import fcntl
 import json
 import os
 import selectors
+import signal
 import sys
 from pathlib import Path
 
@@ -23,6 +25,7 @@ PIPE_SIZE = 1 << 20  # a burst of handshakes must not make a daemon wait on its 
 
 
 def main() -> None:
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID`: every thread's stack, into workers.log
     sel = selectors.DefaultSelector()
     gateways = [arg.split("=", 1) for arg in sys.argv[1:]]
     for name, directory in gateways:

@@ -14,9 +14,11 @@ also exits by itself when the lab's state directory is gone.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import select
+import signal
 import socket
 import sys
 import threading
@@ -257,6 +259,7 @@ def _write_links_down(lab_dir: Path, down: set[str]) -> None:
 
 
 def main() -> None:
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID`: every thread's stack, into workers.log
     lab_dir = Path(sys.argv[1])
     specs = [arg.split("=", 2) for arg in sys.argv[2:]]
     recorder = Recorder(lab_dir)

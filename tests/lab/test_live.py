@@ -1,6 +1,8 @@
 """A running lab under real conditions (issue 9): link flaps, rekeys under traffic, a deliberate
 reset, --dry-run, a verify killed at any moment, Ctrl-C at any moment of `up`."""
 
+import collections
+import contextlib
 import json
 import os
 import random
@@ -221,27 +223,23 @@ def test_interrupted_up_leaves_a_whole_lab_or_nothing(lab, tmp_path):
         if attempt % 2:
             time.sleep(rng.uniform(0.0, 0.2))
             proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=60)
+        try:
+            _out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # hung: every thread's stack (faulthandler, SIGUSR1), then the rest
+            helpers = [e["pid"] for e in lab.journal(name) if e.get("what") in ("event monitor", "key recorder")]
+            for pid in [proc.pid, *helpers]:  # not the daemons: SIGUSR1 would end them
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+            time.sleep(1)
+            proc.kill()
+            _out, err = proc.communicate()
+            _explain_interrupted_up(lab, name, f"attempt {attempt}: still running 60 s after the interrupt", err)
         assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
         left = sorted(p.name for p in Path("/run/netns").iterdir() if p.name.startswith(name + "."))
         # -SIGINT only before the interpreter installed any handler: then nothing can have been built
-        events = lab.state / name / "events.jsonl"
         if not (proc.returncode in (0, 130) or (proc.returncode == -signal.SIGINT and not left and not err)):
-            actions = lab.state / name / "actions.jsonl"
-            print(f"attempt {attempt}: exit {proc.returncode}, {len(left)} namespaces left\nstderr:\n{err}\n"
-                  f"events:\n{events.read_text()[-4000:] if events.exists() else 'none'}\n"
-                  f"actions:\n{actions.read_text()[-4000:] if actions.exists() else 'none'}")
-            workers = lab.state / name / "workers.log"
-            print(f"workers.log:\n{workers.read_text()[-3000:] if workers.exists() else 'none'}")
-            for e in lab.journal(name):
-                if e["kind"] == "process":
-                    stat = Path(f"/proc/{e['pid']}/stat")
-                    print(f"{e['what']} pid {e['pid']}: {stat.read_text().split(')')[1].split()[0] if stat.exists() else 'gone'}")
-            for gw_dir in sorted((lab.state / name).glob("*/charon.log")):
-                if f"daemon of {gw_dir.parent.name} " in err:
-                    print(f"{gw_dir.parent.name}: charon.stderr: {(gw_dir.parent / 'charon.stderr').read_text()[-1500:]}\n"
-                          f"charon.log:\n{''.join(gw_dir.read_text().splitlines(True)[-25:])}")
-            raise AssertionError(f"attempt {attempt}: exit {proc.returncode} (see the captured stdout)")
+            _explain_interrupted_up(lab, name, f"attempt {attempt}: exit {proc.returncode}, {len(left)} namespaces "
+                                    "left", err)
         if left or proc.returncode == 0:  # finished before the interrupt took effect: the whole lab
             nodes = json.loads(lab.cli("nodes", "--name", name, "--json").stdout)["nodes"]
             assert left == sorted({n["netns"] for n in nodes}), attempt
@@ -255,6 +253,28 @@ def test_interrupted_up_leaves_a_whole_lab_or_nothing(lab, tmp_path):
         assert not [p for p in Path("/run/netns").iterdir() if p.name.startswith(name + ".")]
     print(f"interrupt fuzz: {outcomes}")
     assert outcomes["nothing"] >= 10  # most interrupts land inside `up`
+
+
+def _explain_interrupted_up(lab, name: str, what: str, err: str) -> None:
+    """Print what the lab says about a failed try (the captured stdout of the test), then fail."""
+    state = lab.state / name
+    tail = {f: (state / f).read_text()[-4000:] if (state / f).exists() else "none"
+            for f in ("events.jsonl", "actions.jsonl", "workers.log")}
+    print(f"{what}\nstderr:\n{err}\n" + "".join(f"{f}:\n{t}\n" for f, t in tail.items()))
+    for e in lab.journal(name):
+        if e["kind"] == "process":  # its state, and where in the kernel its threads wait (pipe_write: a full pipe)
+            waits = collections.Counter()
+            for task in Path(f"/proc/{e['pid']}/task").glob("*"):
+                with contextlib.suppress(OSError):
+                    waits[(task / "wchan").read_text() or "running"] += 1
+            stat = Path(f"/proc/{e['pid']}/stat")
+            print(f"{e['what']} pid {e['pid']}: {stat.read_text().split(')')[1].split()[0] if stat.exists() else 'gone'}"
+                  f" {dict(waits)}")
+    for log in sorted(state.glob("*/charon.log")):
+        if f"daemon of {log.parent.name} " in err:
+            print(f"{log.parent.name}: charon.stderr: {(log.parent / 'charon.stderr').read_text()[-1500:]}\n"
+                  f"charon.log:\n{''.join(log.read_text().splitlines(True)[-25:])}")
+    raise AssertionError(f"{what} (see the captured stdout)")
 
 
 def test_link_command_fails_and_restores_a_link_through_the_reconciler(lab):

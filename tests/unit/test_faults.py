@@ -14,6 +14,7 @@ CASES = [
     ("the backbone link of TestVNet1 is down: no route to any peer", "PeerReachability"),
     ("NAT traversal fails (NatTraversal): HQ's VPN device sits behind a NAT, so IKE moves to UDP 4500", "NatTraversal"),
     ("gateway daemon of TestVNet1 is not running: its supervisor restarts it", "GatewayNotRunning"),
+    ("gateway daemon of TestVNet1 does not answer (timed out): its supervisor restarts it", "GatewayNotRunning"),
     ("key not set on TestVNet4 for VNet1Local (vnetlab set-key)", "KeyNotSet"),
     ("disconnected (Set-AzureVNetGateway -Disconnect); reconnect with vnetlab connect", "Disconnected"),
     ("TestVNet4 has disconnected its side (vnetlab connect --vnet TestVNet4)", "Disconnected"),
@@ -29,6 +30,33 @@ def test_each_reason_has_its_fault_type(reason, kind):
 def test_every_fault_type_is_covered_and_not_established_is_none():
     assert {kind for _p, kind, _s, _a in FAULTS} == {k for _r, k in CASES}
     assert fault_of("not established yet") is None
+
+
+def test_a_daemon_that_is_gone_is_told_from_one_that_does_not_answer(tmp_path):
+    """status says which: nothing listening (not running), or a daemon that is slow, busy or
+    broke the connection (does not answer, with why)."""
+    import socket
+
+    from emulator import gateways
+
+    def why(path):
+        try:
+            gateways.check_alive(path.parent)
+        except gateways.GatewayDown as exc:
+            return exc
+        raise AssertionError("answered")
+
+    assert gateways.is_gone(why(tmp_path / "charon.vici"))  # no socket: ENOENT
+    gone = socket.socket(socket.AF_UNIX)
+    gone.bind(str(tmp_path / "charon.vici"))
+    gone.close()
+    assert gateways.is_gone(why(tmp_path / "charon.vici"))  # a socket nobody listens on: ECONNREFUSED
+    (tmp_path / "charon.vici").unlink()
+    with socket.socket(socket.AF_UNIX) as mute:  # listens, never answers: a stuck daemon
+        mute.bind(str(tmp_path / "charon.vici"))
+        mute.listen()
+        exc = why(tmp_path / "charon.vici")
+        assert not gateways.is_gone(exc) and "timed out" in exc.why
 
 
 def test_a_device_end_is_labelled_with_the_vnet_it_connects_to():

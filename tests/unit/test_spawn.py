@@ -1,0 +1,40 @@
+"""Every wait for a starting process has an end (netns/spawn.wait_for_word): CI once saw `up`
+hang past 60 s after a Ctrl-C, and three of its waits for a helper's first words had none."""
+
+import subprocess
+import sys
+import time
+
+from netns.spawn import wait_for_word
+
+
+def _run(code: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+
+
+def test_the_word_is_found_also_after_other_words_in_one_write():
+    proc = _run("import sys, time; sys.stdout.write('warming up\\nready\\n'); sys.stdout.flush(); time.sleep(5)")
+    try:
+        assert wait_for_word(proc.stdout.fileno(), b"ready\n", 10) == (True, "warming up\nready\n")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_process_that_exits_without_the_word_ends_the_wait_at_once():
+    proc = _run("print('no luck')")
+    started = time.monotonic()
+    assert wait_for_word(proc.stdout.fileno(), b"ready\n", 30) == (False, "no luck\n")
+    assert time.monotonic() - started < 10
+    proc.wait()
+
+
+def test_a_silent_process_ends_the_wait_at_its_deadline():
+    proc = _run("import time; time.sleep(30)")
+    try:
+        started = time.monotonic()
+        assert wait_for_word(proc.stdout.fileno(), b"ready\n", 0.5) == (False, "")
+        assert 0.5 <= time.monotonic() - started < 10
+    finally:
+        proc.kill()
+        proc.wait()
