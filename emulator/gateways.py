@@ -24,6 +24,7 @@ import vici
 
 from netns.spawn import OUTLIVES_COMMAND
 
+from . import interrupts
 from .problems import EnvironmentProblem
 from .swanconf import ViciConfig
 
@@ -59,13 +60,19 @@ def socket_path(directory: Path) -> Path:
 
 @contextmanager
 def session(directory: Path, timeout: float = 10.0) -> Iterator[vici.Session]:
-    """The one way to a gateway's daemon. A daemon that is gone, or goes away mid-request, is GatewayDown."""
+    """The one way to a gateway's daemon. A daemon that is gone, or goes away mid-request, is GatewayDown.
+    A Ctrl-C stays a Ctrl-C: the vici bindings' cleanup of a streamed request that it cut short
+    (unregister, then read the confirmation) reads the request's pending answer instead and raises
+    "Unexpected response type 1", which hid the interrupt. CI saw `up` interrupted while it read the
+    gateways' states exit 1 with "gateway daemon of V8 does not answer"."""
     sock = _connect(socket_path(directory), timeout)
     try:
         yield vici.Session(sock)
     except (OSError, vici.exception.SessionException) as exc:
         if isinstance(exc, GatewayDown):
             raise
+        if interrupts.raised_while_interrupted(exc):
+            raise KeyboardInterrupt from exc
         raise GatewayDown(directory, f"the connection broke: {exc}") from None
     finally:
         sock.close()
@@ -139,12 +146,21 @@ def _without_autostart(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "children": children}
 
 
+def _unstreamed(s: vici.Session, command: str, message: dict[str, Any]) -> None:
+    """initiate and terminate as plain requests: the vici bindings' own methods register the
+    client for control-log events, and strongSwan before 5.9.11 (Debian 12 ships 5.9.8) can
+    deadlock a daemon for good when several initiates or terminates run while such events are
+    raised (strongSwan #566): it lives on and never answers again. CI saw daemons of a 12-VNet
+    lab stop answering right after their tunnels came up. The log lines are not needed: `status`
+    reads why a tunnel failed from both daemons' logs. Raises CommandException when it fails."""
+    s.request(command, message)
+
+
 def terminate(directory: Path, conn: str) -> None:
     """Close every IKE_SA of a connection (and its CHILD_SAs); nothing to do when there is none."""
     with session(directory) as s:
         try:
-            for _ in s.terminate({"ike": conn, "timeout": 2000, "force": "yes"}):
-                pass
+            _unstreamed(s, "terminate", {"ike": conn, "timeout": 2000, "force": "yes"})
         except vici.exception.CommandException:
             pass  # no matching SA
 
@@ -171,8 +187,7 @@ def initiate(directory: Path, conn: str, children: list[str], timeout_ms: int) -
     try:
         with session(directory, timeout=timeout_ms / 1000 + 5) as s:
             for child in children:
-                for _ in s.initiate({"child": child, "ike": conn, "timeout": timeout_ms, "init-limits": False}):
-                    pass
+                _unstreamed(s, "initiate", {"child": child, "ike": conn, "timeout": timeout_ms, "init-limits": False})
         return True
     except (vici.exception.CommandException, ConnectionError, OSError):
         return False
@@ -182,8 +197,7 @@ def initiate_in_background(directory: Path, conn: str, children: list[str]) -> N
     """Start initiating and return at once (a peer outside the lab: a real gateway keeps trying)."""
     with session(directory) as s:
         for child in children:
-            for _ in s.initiate({"child": child, "ike": conn, "timeout": -1}):
-                pass
+            _unstreamed(s, "initiate", {"child": child, "ike": conn, "timeout": -1})
 
 
 @dataclass(frozen=True)

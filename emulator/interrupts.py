@@ -59,6 +59,17 @@ def in_main() -> bool:
     return os.getpid() == _MAIN_PID
 
 
+def raised_while_interrupted(exc: BaseException) -> bool:
+    """Whether an exception was raised while a KeyboardInterrupt unwound (a library's cleanup that
+    failed because it was cut short): the interrupt is what the user should hear about."""
+    seen = exc.__context__
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__context__
+    return False
+
+
 def interrupted() -> bool:
     """Whether the user asked this command to stop (an error after that is a consequence of it)."""
     return _count > 0
