@@ -36,7 +36,7 @@ from .problems import EnvironmentProblem, Problem, UsageError
 from .keylog import KEY_PIPE
 from .render import write_private
 from .executor import Executor, lane, read_snapshot
-from .reconcile import Action, Initiate, LiveState, desired_state, diff
+from .reconcile import Action, Initiate, LiveState, StopDaemon, desired_state, diff
 from .topology import GatewayNode, Route, Topology, build_topology
 
 PLAN_COPY = "plan.yaml"
@@ -412,18 +412,30 @@ def converge(name: str | None) -> list[Action]:
         return actions
 
 
-def heal_gateway(lab_name: str, gateway: str) -> float | None:
+def heal_gateway(lab_name: str, gateway: str, wedged: bool = False) -> float | None:
     """The supervisor's restart of a daemon that died: apply the desired state to what runs without
     it (start, load, initiate). None when its process still runs (reset-gateway restarted it, or it
     was only slow to answer under load: a second daemon must never be started beside it); else the
-    seconds until its tunnels were initiated."""
+    seconds until its tunnels were initiated. wedged: its process runs but has long stopped
+    answering (workers/monitor.watch_health); asked once more under the lock, it is stopped first,
+    as reset-gateway does."""
     with changing(lab_name) as lab:
-        if Registry(lab.directory).live(f"charon {gateway}"):
+        if Registry(lab.directory).live(f"charon {gateway}") and not (wedged and _silent(lab, gateway)):
             return None
         started = time.monotonic()
         applied = read_snapshot(lab.directory).without_gateway(gateway)
-        Executor(lab).run(diff(applied, desired(lab), lab.topology), applied)
+        stop = [StopDaemon(gateway)] if wedged else []
+        Executor(lab).run([*stop, *diff(applied, desired(lab), lab.topology)], applied)
         return time.monotonic() - started
+
+
+def _silent(lab: Lab, gateway: str) -> bool:
+    """Whether the daemon is there (its socket takes connections) but gives no answer."""
+    try:
+        gateways.check_alive(lab.gw_dir(lab.topology.gateway(gateway)))
+    except gateways.GatewayDown as exc:
+        return not gateways.is_gone(exc)
+    return False
 
 
 def heal_routes(lab_name: str, ns: str) -> list[Action]:

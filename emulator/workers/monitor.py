@@ -4,7 +4,7 @@ Azure's gateways recover by themselves.
 argv: LAB_DIR, then NAME=NETNS=GATEWAY_DIR per gateway. Appends one JSON line per event to
 LAB_DIR/events.jsonl, in the vocabulary of Get-AzureVNetConnection:
 - 23401: a connectivity-state transition (vici ike-updown / child-updown);
-- 23402: the gateway's daemon stopped and its supervisor restarted it;
+- 23402: the gateway's daemon stopped, or stopped answering, and its supervisor restarted it;
 - 23403: an SA was rekeyed (vici ike-rekey / child-rekey);
 - 23404: the gateway's backbone link went down or came back (its routes are put back then).
 Every change to the lab goes through lab.py's reconciler, under the lab's lock. Prints "ready"
@@ -33,6 +33,9 @@ EVENT_RESTART = 23402
 EVENT_REKEY = 23403
 EVENT_LINK = 23404
 RESTARTS_PER_MINUTE = 5  # a daemon that dies at once after every start is left down, and said so
+FALSE_ALARM_PAUSE_S = (0.05, 1.0)  # first and longest pause after a daemon that still ran when healed
+HEALTH_EVERY_S = 5.0  # each daemon is asked for its version this often (watch_health)
+WEDGED_AFTER_S = 20.0  # a daemon that runs but has answered nothing for this long is restarted
 RTMGRP_LINK = 1
 _lock = threading.Lock()
 # Set once the main thread has loaded the heavy modules, after "ready". A listener thread needs
@@ -80,7 +83,7 @@ def _words(state: str) -> str:
 
 def listen(gateway: str, directory: Path, recorder: Recorder, ready: threading.Barrier) -> None:
     """Record this gateway's events; when its daemon goes while the lab lives, restart it and go on."""
-    announced, restarts = False, []
+    announced, restarts, pause = False, [], FALSE_ALARM_PAUSE_S[0]
     while True:
         synced = False
         try:
@@ -91,7 +94,7 @@ def listen(gateway: str, directory: Path, recorder: Recorder, ready: threading.B
                         announced = True
                         ready.wait()
                     if not synced:  # registered now: catch up with what came up before
-                        synced = True
+                        synced, pause = True, FALSE_ALARM_PAUSE_S[0]
                         _sync(gateway, directory, recorder, quiet=bool(restarts))
                     if kind is not None:
                         _record(gateway, _text(kind), msg, recorder)
@@ -107,8 +110,10 @@ def listen(gateway: str, directory: Path, recorder: Recorder, ready: threading.B
             return  # the lab is being removed, or the daemon cannot stay up: `status` says it is not running
         if _restart(gateway, directory, recorder):
             restarts.append(time.monotonic())
-        else:  # a false alarm (a slow daemon) is not a restart: listen again, without spinning
-            time.sleep(1.0)
+        else:  # a false alarm is not a restart: listen again soon (a killed daemon whose threads are
+            # still exiting is healed a moment later), backing off for one that is only slow
+            time.sleep(pause)
+            pause = min(pause * 2, FALSE_ALARM_PAUSE_S[1])
 
 
 def _sync(gateway: str, directory: Path, recorder: Recorder, quiet: bool) -> None:
@@ -145,14 +150,15 @@ def _record(gateway: str, kind: str, msg: dict, recorder: Recorder) -> None:
                            f"(new IKE SA #{_text(new.get('uniqueid', '?'))}).", cause=kind)
 
 
-def _restart(gateway: str, directory: Path, recorder: Recorder) -> bool:
+def _restart(gateway: str, directory: Path, recorder: Recorder, silent_for: float | None = None) -> bool:
     """False when the daemon's process still runs: it was slow to answer, or reset-gateway restarted
-    it (and records its own event)."""
+    it (and records its own event). silent_for: it runs, but has answered nothing for that long
+    (watch_health): it is stopped and started again."""
     _loaded.wait()
     from emulator.lab import heal_gateway
 
     try:
-        seconds = heal_gateway(directory.parent.name, gateway)
+        seconds = heal_gateway(directory.parent.name, gateway, wedged=silent_for is not None)
     except Exception as exc:  # noqa: BLE001 - the supervisor reports any failure as an event, and goes on
         seconds, failure = None, str(exc)
     else:
@@ -160,9 +166,11 @@ def _restart(gateway: str, directory: Path, recorder: Recorder) -> bool:
         if seconds is None:
             return False
     recorder.forget(gateway)
-    message = (f"The gateway daemon of {gateway} stopped and was restarted by its supervisor; its tunnels were "
+    what = ("stopped" if silent_for is None else
+            f"was running but had answered nothing for {silent_for:.0f} s, so its supervisor stopped it")
+    message = (f"The gateway daemon of {gateway} {what} and was restarted by its supervisor; its tunnels were "
                f"initiated again {seconds:.1f} s later." if failure is None else
-               f"The gateway daemon of {gateway} stopped; restarting it failed: {failure}")
+               f"The gateway daemon of {gateway} {what}; restarting it failed: {failure}")
     try:
         installed = {c for c, sa in gateways.list_sas(directory).items() if sa.child_installed}
     except (ConnectionError, OSError):
@@ -182,6 +190,28 @@ def _conns(lab_name: str, gateway: str) -> list[str]:
         return [t.conn_id for t in open_lab(lab_name).topology.gateway(gateway).tunnels]
     except (VnetlabError, OSError, StopIteration):
         return [""]
+
+
+def watch_health(lab_dir: Path, gateway_dirs: dict[str, Path], recorder: Recorder) -> None:
+    """A daemon can live on and never answer again: strongSwan before 5.9.11 has a deadlock in its
+    vici plugin (#566). Its listener would wait on it for ever, and status say "does not answer"
+    for ever. Each daemon is asked for its version every HEALTH_EVERY_S; one whose socket takes
+    connections but that has answered nothing for WEDGED_AFTER_S is stopped and started again. A
+    daemon that is gone is its listener's to heal."""
+    silent_since: dict[str, float] = {}
+    while lab_dir.exists():
+        time.sleep(HEALTH_EVERY_S)
+        for gateway, directory in gateway_dirs.items():
+            try:
+                gateways.check_alive(directory)
+            except gateways.GatewayDown as exc:
+                if not gateways.is_gone(exc):
+                    since = silent_since.setdefault(gateway, time.monotonic())
+                    if time.monotonic() - since >= WEDGED_AFTER_S and lab_dir.exists():
+                        _restart(gateway, directory, recorder, silent_for=time.monotonic() - since)
+                    else:
+                        continue
+            silent_since.pop(gateway, None)
 
 
 def watch_links(lab_dir: Path, gateways_ns: dict[str, str]) -> None:
@@ -278,8 +308,11 @@ def main() -> None:
 
     _loaded.set()
     links = threading.Thread(target=watch_links, args=(lab_dir, {n: ns for n, ns, _d in specs}), daemon=True)
+    health = threading.Thread(target=watch_health, args=(lab_dir, {n: Path(d) for n, _ns, d in specs}, recorder),
+                              daemon=True)
     links.start()
-    for t in [*threads, links]:
+    health.start()
+    for t in [*threads, links, health]:
         t.join()
 
 

@@ -113,6 +113,33 @@ def test_a_killed_gateway_daemon_heals_itself(lab):
             print(f"{name} {gateway}: traffic again {healed:.2f} s after kill -9")
 
 
+def test_a_daemon_that_lives_but_never_answers_is_restarted(lab):
+    """A wedged daemon (strongSwan #566: alive, deadlocked, silent for good; here SIGSTOP): the
+    supervisor stops it and starts a new one once it has answered nothing for its limit, and says why."""
+    from emulator.workers.monitor import HEALTH_EVERY_S, WEDGED_AFTER_S
+
+    name = "t-wedged"
+    assert lab.cli("up", "--name", name).returncode == 0
+    pid = _charon_pid(lab, name, "TestVNet1")
+    os.kill(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        while _charon_pid(lab, name, "TestVNet1") == pid:
+            assert time.monotonic() - stopped < WEDGED_AFTER_S + 2 * HEALTH_EVERY_S + 10, "the wedged daemon was left"
+            time.sleep(0.5)
+        restarted = time.monotonic() - stopped
+        assert not live(pid)  # stopped by its pid, not left beside the new one
+        while not lab.ping(name, "TestVNet1/default", "10.41.0.4"):
+            assert time.monotonic() - stopped < restarted + 10
+    finally:
+        if live(pid):
+            os.kill(pid, signal.SIGCONT)
+    events = [json.loads(line) for line in (lab.state / name / "events.jsonl").read_text().splitlines()]
+    assert any(e["id"] == 23402 and e["gateway"] == "TestVNet1" and "had answered nothing for" in e["message"]
+               for e in events), events[-5:]
+    print(f"wedged daemon: restarted {restarted:.1f} s after it stopped answering")
+
+
 def _restart_logged(lab, name: str, gateway: str) -> bool:
     path = lab.state / name / "events.jsonl"
     return any(json.loads(line).get("id") == 23402 and json.loads(line)["gateway"] == gateway

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from emulator.workers import monitor
 
 
-def _loop(tmp_path, monkeypatch, restarted: list[bool]) -> int:
+def _loop(tmp_path, monkeypatch, restarted: list[bool], pauses: list[float] | None = None) -> int:
     """Run listen() against a daemon that never answers; `restarted` says, per round, whether the
     heal really restarted it. The round after the last one removes the lab. Returns the rounds run."""
     lab = tmp_path / "lab"
@@ -28,7 +28,7 @@ def _loop(tmp_path, monkeypatch, restarted: list[bool]) -> int:
 
     monkeypatch.setattr(monitor.gateways, "session", no_answer)
     monkeypatch.setattr(monitor, "_restart", restart)
-    monkeypatch.setattr(monitor.time, "sleep", lambda s: None)
+    monkeypatch.setattr(monitor.time, "sleep", lambda s: (pauses if pauses is not None else []).append(s))
     monitor.listen("TestVNet1", gw, monitor.Recorder(lab), threading.Barrier(1))
     return len(rounds)
 
@@ -40,9 +40,50 @@ def test_a_slow_daemon_is_not_counted_as_a_restart(tmp_path, monkeypatch):
     assert _loop(tmp_path, monkeypatch, [False] * (rounds - 1) + [True]) == rounds
 
 
+def test_a_daemon_killed_but_still_exiting_is_healed_a_moment_later_and_a_slow_one_is_backed_off(tmp_path,
+                                                                                                    monkeypatch):
+    """kill -9 of a charon: its threads take a moment to exit, and the heal first finds it still
+    running. The next try must come within a tenth of a second (a fixed 1 s pause made every heal
+    take 1.3 s instead of 0.25 s); a daemon that stays slow is asked ever less often, up to once a second."""
+    pauses: list[float] = []
+    _loop(tmp_path, monkeypatch, [False] * 8 + [True], pauses)
+    assert pauses[0] <= 0.1 and pauses == sorted(pauses) and pauses[-1] == 1.0
+
+
 def test_a_daemon_that_dies_after_every_start_is_left_down(tmp_path, monkeypatch):
     rounds = monitor.RESTARTS_PER_MINUTE * 3
     assert _loop(tmp_path, monkeypatch, [True] * rounds) == monitor.RESTARTS_PER_MINUTE
+
+
+def test_a_daemon_that_runs_but_never_answers_is_restarted_once_it_has_been_silent_long_enough(tmp_path,
+                                                                                                 monkeypatch):
+    """strongSwan before 5.9.11 can deadlock a daemon that lives on (#566). The health watch
+    restarts one whose socket takes connections but that answers nothing for WEDGED_AFTER_S; one
+    that answers, or that is gone (its listener heals it), is left alone; one answer resets the clock."""
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    clock = [0.0]
+    answers = {"Wedged": [False] * 30, "Fine": [True] * 30, "Gone": [None] * 30,
+               "Flaky": [False, False, False, True] * 8}
+    restarted = []
+
+    def sleep(seconds):
+        clock[0] += seconds
+        if clock[0] >= 25 * monitor.HEALTH_EVERY_S:
+            lab.rmdir()
+
+    def check_alive(directory):
+        said = answers[directory.name].pop(0)
+        if said is not True:
+            raise monitor.gateways.GatewayDown(directory, "No such file or directory" if said is None else "timed out")
+
+    monkeypatch.setattr(monitor.time, "sleep", sleep)
+    monkeypatch.setattr(monitor.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(monitor.gateways, "check_alive", check_alive)
+    monkeypatch.setattr(monitor, "_restart", lambda gw, d, r, silent_for: restarted.append((gw, silent_for)) or True)
+    monitor.watch_health(lab, {name: tmp_path / name for name in answers}, monitor.Recorder(lab))
+    assert [gw for gw, _ in restarted] == ["Wedged"] * (len(restarted)) and len(restarted) >= 2
+    assert all(silent >= monitor.WEDGED_AFTER_S for _, silent in restarted)
 
 
 def test_no_listener_thread_imports_before_the_main_thread_has_loaded_everything():
