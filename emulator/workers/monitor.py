@@ -83,7 +83,7 @@ def _words(state: str) -> str:
 
 def listen(gateway: str, directory: Path, recorder: Recorder, ready: threading.Barrier) -> None:
     """Record this gateway's events; when its daemon goes while the lab lives, restart it and go on."""
-    announced, restarts, pause = False, [], FALSE_ALARM_PAUSE_S[0]
+    announced, restarts, pause, listened = False, [], FALSE_ALARM_PAUSE_S[0], False
     while True:
         synced = False
         try:
@@ -95,7 +95,8 @@ def listen(gateway: str, directory: Path, recorder: Recorder, ready: threading.B
                         ready.wait()
                     if not synced:  # registered now: catch up with what came up before
                         synced, pause = True, FALSE_ALARM_PAUSE_S[0]
-                        _sync(gateway, directory, recorder, quiet=bool(restarts))
+                        _sync(gateway, directory, recorder, quiet=listened)
+                        listened = True
                     if kind is not None:
                         _record(gateway, _text(kind), msg, recorder)
         except (ConnectionError, OSError, ValueError):
@@ -117,8 +118,10 @@ def listen(gateway: str, directory: Path, recorder: Recorder, ready: threading.B
 
 
 def _sync(gateway: str, directory: Path, recorder: Recorder, quiet: bool) -> None:
-    """A (re)started listener catches up with SAs that came up before it listened; after a restart
-    quietly, since the restart's event (23402 or reset-gateway's) says how the tunnels came back."""
+    """A listener catches up with SAs that came up before it listened. Listening again (its daemon
+    was restarted by the supervisor or by reset-gateway, or was only slow) it does so quietly: the
+    restart's own event (23402 or 23405) says how the tunnels came back, and must stay the last word
+    (CI saw reset-gateway's event followed by a "Not Connected to Connected" of the listener)."""
     try:
         for conn, sa in gateways.list_sas(directory).items():
             if sa.child_installed:
@@ -166,11 +169,10 @@ def _restart(gateway: str, directory: Path, recorder: Recorder, silent_for: floa
         if seconds is None:
             return False
     recorder.forget(gateway)
-    what = ("stopped" if silent_for is None else
-            f"was running but had answered nothing for {silent_for:.0f} s, so its supervisor stopped it")
-    message = (f"The gateway daemon of {gateway} {what} and was restarted by its supervisor; its tunnels were "
-               f"initiated again {seconds:.1f} s later." if failure is None else
-               f"The gateway daemon of {gateway} {what}; restarting it failed: {failure}")
+    what = (f"The gateway daemon of {gateway} stopped" if silent_for is None else
+            f"The gateway daemon of {gateway} was running but had answered nothing for {silent_for:.0f} s")
+    message = (f"{what}; its supervisor started it again, and its tunnels were initiated again {seconds:.1f} s "
+               "later." if failure is None else f"{what}; restarting it failed: {failure}")
     try:
         installed = {c for c, sa in gateways.list_sas(directory).items() if sa.child_installed}
     except (ConnectionError, OSError):
