@@ -100,9 +100,11 @@ class CaptureResult:
     seconds: float
 
 
-def capture(lab: Lab, chosen: list[GatewayNode], out: Path, duration: float | None) -> CaptureResult:
-    """Record until `duration` seconds passed, or until Ctrl-C / SIGTERM (the normal way to stop
-    an open-ended capture); then the key tables, which then hold every SA the pcaps can show."""
+def capture(lab: Lab, chosen: list[GatewayNode], out: Path, duration: float | None,
+            listening: Callable[[], None] = lambda: None) -> CaptureResult:
+    """Record for `duration` seconds from the moment every chosen link is captured (`listening` is
+    called then), or until Ctrl-C / SIGTERM (the normal way to stop an open-ended capture); then
+    the key tables, which then hold every SA the pcaps can show."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -118,8 +120,9 @@ def capture(lab: Lab, chosen: list[GatewayNode], out: Path, duration: float | No
                 procs.append(start_tcpdump(registry, "capture", lab.topology.backbone, backbone_iface(lab, gw), path,
                                            with_parent=True))
                 pcaps.append(path)
+            listening()
             try:
-                deadline = started + duration if duration else None
+                deadline = time.monotonic() + duration if duration else None
                 while deadline is None or time.monotonic() < deadline:
                     time.sleep(0.05 if deadline is None else min(0.05, max(0.0, deadline - time.monotonic())))
             except KeyboardInterrupt:

@@ -344,10 +344,12 @@ def capture(args: argparse.Namespace) -> int:
 
     lab = labmod.open_lab(args.name)
     chosen = choose_gateways(lab, args.vnet, args.site)
-    if not args.json:
-        until = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
-        print(f"capturing {', '.join(g.name for g in chosen)} {until} …", file=sys.stderr)
-    result = run_capture(lab, chosen, Path(args.output), args.duration)
+    until = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
+
+    def listening() -> None:  # said once every link is captured (also with --json: scripts wait for it)
+        print(f"capturing {', '.join(g.name for g in chosen)} {until} …", file=sys.stderr, flush=True)
+
+    result = run_capture(lab, chosen, Path(args.output), args.duration, listening)
     kt = result.tables
     if args.json:
         print_json({"lab": lab.name, "seconds": round(result.seconds, 3), "pcaps": [str(p) for p in result.pcaps],

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from netns.spawn import wait_for_word
 from tests.conftest import PLANS
 from tests.lab.conftest import VNETLAB
 
@@ -31,9 +32,18 @@ def tshark(pcap, *args, options=()):
 
 
 def start_capture(lab, name, out, seconds):
-    return subprocess.Popen([*[str(VNETLAB)], "capture", "--name", name, "-o", str(out), "--duration", str(seconds),
+    """`vnetlab capture --duration`, returned once every link is captured: it says "capturing" then,
+    and its seconds count from there. A fixed sleep instead lost the exchange to a slow start in CI."""
+    proc = subprocess.Popen([*[str(VNETLAB)], "capture", "--name", name, "-o", str(out), "--duration", str(seconds),
                              "--json"], env=lab.env, cwd=lab.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+    assert listening(proc)
+    return proc
+
+
+def listening(proc) -> bool:
+    said, _ = wait_for_word(proc.stderr.fileno(), b"capturing ", 60)
+    return said
 
 
 def finish(proc):
@@ -54,7 +64,6 @@ def wait_for(condition, seconds=10.0):
 def test_psk_mismatch_shows_authentication_failed_only_with_the_tables(lab, tmp_path):
     assert lab.cli("up", "--name", "t-wire").returncode == 0
     cap = start_capture(lab, "t-wire", tmp_path / "cap", 3)
-    time.sleep(0.5)
     assert lab.cli("set-key", "--name", "t-wire", "--vnet", "TestVNet1", "--site", "VNet4Local",
                    "--key", WRONG).returncode == 0
     summary = finish(cap)
@@ -105,7 +114,6 @@ def test_selector_mismatch_shows_ts_unacceptable(lab, tmp_path):
     res = lab.exec_("t-ts", "HQ", "swanctl", "--load-conns", "--file", str(edited))
     assert res.returncode == 0, res.stdout + res.stderr
     cap = start_capture(lab, "t-ts", tmp_path / "cap", 2.5)
-    time.sleep(0.4)
     assert lab.cli("disconnect", "--name", "t-ts", "--vnet", "TestVNet1", "--site", "HQ").returncode == 0
     lab.cli("connect", "--name", "t-ts", "--vnet", "TestVNet1", "--site", "HQ")
     summary = finish(cap)
@@ -125,7 +133,7 @@ def test_esp_decrypts_both_ways_through_child_rekeys(lab, tmp_path, dataplane):
     # plane runs in an emulated guest, where everything is slower)
     cap = subprocess.Popen([str(VNETLAB), "capture", "--name", "t-esp", "-o", str(tmp_path / "cap"), "--json"],
                            env=lab.env, cwd=lab.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert wait_for(lambda: len(list((tmp_path / "cap").glob("*.pcap"))) == 2, 60)
+    assert listening(cap)
     ping = subprocess.Popen(["ip", "netns", "exec", "t-esp.v.TestVNet1.default", "ping", "-q", "-i", "0.05",
                              "-w", "120", "10.41.0.4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -210,7 +218,7 @@ def test_a_killed_capture_leaves_no_tcpdump_running(lab, tmp_path):
     assert lab.cli("up", "--name", "t-kill").returncode == 0
     proc = subprocess.Popen([str(VNETLAB), "capture", "--name", "t-kill", "-o", str(tmp_path / "cap")], env=lab.env,
                             cwd=lab.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert wait_for(lambda: len(list((tmp_path / "cap").glob("*.pcap"))) == 2)
+    assert listening(proc)
     tcpdumps = [e["pid"] for e in lab.journal("t-kill") if e["kind"] == "process" and e["what"] == "capture"]
     assert len(tcpdumps) == 2 and all(live(p) for p in tcpdumps)
     proc.send_signal(signal.SIGKILL)
@@ -226,7 +234,6 @@ def test_ikev1_phase1_table_opens_main_mode(lab, tmp_path):
     plan.write_text(DEFAULT.read_text().replace("shared_key: A1b2C3D4}", "shared_key: A1b2C3D4, ike_version: 1}"))
     assert lab.cli("up", str(plan), "--name", "t-v1").returncode == 0
     cap = start_capture(lab, "t-v1", tmp_path / "cap", 3)
-    time.sleep(0.5)
     assert lab.cli("disconnect", "--name", "t-v1", "--vnet", "TestVNet1", "--site", "VNet4Local").returncode == 0
     assert lab.cli("connect", "--name", "t-v1", "--vnet", "TestVNet1", "--site", "VNet4Local").returncode == 0
     summary = finish(cap)
