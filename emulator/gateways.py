@@ -150,9 +150,9 @@ def _unstreamed(s: vici.Session, command: str, message: dict[str, Any]) -> None:
     """initiate and terminate as plain requests: the vici bindings' own methods register the
     client for control-log events, and strongSwan before 5.9.11 (Debian 12 ships 5.9.8) can
     deadlock a daemon for good when several initiates or terminates run while such events are
-    raised (strongSwan #566): it lives on and never answers again. CI saw daemons of a 12-VNet
-    lab stop answering right after their tunnels came up. The log lines are not needed: `status`
-    reads why a tunnel failed from both daemons' logs. Raises CommandException when it fails."""
+    raised (strongSwan #566): it lives on and never answers again (the supervisor's health watch
+    restarts such a daemon; this keeps the lab from causing it). The log lines are not needed:
+    `status` reads why a tunnel failed from both daemons' logs. Raises CommandException when it fails."""
     s.request(command, message)
 
 
