@@ -175,9 +175,9 @@ def unload(directory: Path, conn: str) -> bool:
     return True
 
 
-def check_alive(directory: Path) -> None:
+def check_alive(directory: Path, timeout: float = 2.0) -> None:
     """Raise GatewayDown unless the daemon answers: asked before a change is applied or recorded."""
-    with session(directory, timeout=2.0) as s:
+    with session(directory, timeout=timeout) as s:
         s.version()
 
 

@@ -34,8 +34,11 @@ EVENT_REKEY = 23403
 EVENT_LINK = 23404
 RESTARTS_PER_MINUTE = 5  # a daemon that dies at once after every start is left down, and said so
 FALSE_ALARM_PAUSE_S = (0.05, 1.0)  # first and longest pause after a daemon that still ran when healed
-HEALTH_EVERY_S = 5.0  # each daemon is asked for its version this often (watch_health)
-WEDGED_AFTER_S = 20.0  # a daemon that runs but has answered nothing for this long is restarted
+# A wedged daemon never answers again, so there is no hurry to call it wedged: a loaded machine
+# (the emulated test guest runs some 20 times slower) must never have a slow daemon killed.
+HEALTH_EVERY_S = 10.0  # each daemon is asked for its version this often (watch_health)
+HEALTH_TIMEOUT_S = 10.0  # and given this long to answer
+WEDGED_AFTER_S = 60.0  # a daemon that runs but has answered nothing for this long is restarted
 RTMGRP_LINK = 1
 _lock = threading.Lock()
 # Set once the main thread has loaded the heavy modules, after "ready". A listener thread needs
@@ -205,7 +208,7 @@ def watch_health(lab_dir: Path, gateway_dirs: dict[str, Path], recorder: Recorde
         time.sleep(HEALTH_EVERY_S)
         for gateway, directory in gateway_dirs.items():
             try:
-                gateways.check_alive(directory)
+                gateways.check_alive(directory, HEALTH_TIMEOUT_S)
             except gateways.GatewayDown as exc:
                 if not gateways.is_gone(exc):
                     since = silent_since.setdefault(gateway, time.monotonic())

@@ -72,7 +72,7 @@ def test_a_daemon_that_runs_but_never_answers_is_restarted_once_it_has_been_sile
         if clock[0] >= 25 * monitor.HEALTH_EVERY_S:
             lab.rmdir()
 
-    def check_alive(directory):
+    def check_alive(directory, timeout):
         said = answers[directory.name].pop(0)
         if said is not True:
             raise monitor.gateways.GatewayDown(directory, "No such file or directory" if said is None else "timed out")
