@@ -27,12 +27,14 @@ def end_with_parent() -> None:
 
 
 def wait_for_word(fd: int, word: bytes, seconds: float) -> tuple[bool, str]:
-    """Read a starting process's pipe until `word` appears: (whether it did, what it said). Every
-    wait for another process has an end: at `seconds`, or when the pipe closes (it exited). Raw
-    reads, not a text stream's readline, whose buffer can hold the word while select() waits."""
+    """Read a starting process's pipe until a whole line with `word` has come: (whether it did,
+    what it said). The whole line: tcpdump writes its "listening on …" line in several writes, and
+    a pipe closed after the first part killed it with SIGPIPE at the next. Every wait for another
+    process has an end: at `seconds`, or when the pipe closes (it exited). Raw reads, not a text
+    stream's readline, whose buffer can hold the line while select() waits."""
     deadline = time.monotonic() + seconds
     said = b""
-    while word not in said:
+    while not _has_line(said, word):
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
             break
@@ -40,4 +42,8 @@ def wait_for_word(fd: int, word: bytes, seconds: float) -> tuple[bool, str]:
         if not chunk:
             break
         said += chunk
-    return word in said, said.decode(errors="replace")
+    return _has_line(said, word), said.decode(errors="replace")
+
+
+def _has_line(said: bytes, word: bytes) -> bool:
+    return word in said and b"\n" in said[said.index(word):]

@@ -38,3 +38,16 @@ def test_a_silent_process_ends_the_wait_at_its_deadline():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_line_written_in_parts_is_waited_for_to_its_end():
+    """tcpdump 4.99 writes "listening on any" and ", link-type …\n" separately; returning after the
+    first part, the caller closed the pipe and the second write killed tcpdump (SIGPIPE)."""
+    proc = _run("import os, time; os.write(1, b'tcpdump: listening on any'); time.sleep(0.3); "
+                "os.write(1, b', link-type LINUX_SLL2\\n'); time.sleep(5)")
+    try:
+        assert wait_for_word(proc.stdout.fileno(), b"listening on", 10) == (
+            True, "tcpdump: listening on any, link-type LINUX_SLL2\n")
+    finally:
+        proc.kill()
+        proc.wait()
