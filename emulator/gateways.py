@@ -54,6 +54,11 @@ def start_charon(netns: str, directory: Path, lab_dir: Path) -> subprocess.Popen
         log.close()
 
 
+# How long a daemon is given to answer before it counts as silent: a loaded machine (the emulated
+# test guest runs some 20 times slower) must never have a slow daemon taken for a wedged one.
+SILENT_AFTER_S = 10.0
+
+
 def socket_path(directory: Path) -> Path:
     return directory / "charon.vici"
 
@@ -81,8 +86,9 @@ def session(directory: Path, timeout: float = 10.0) -> Iterator[vici.Session]:
 class GatewayDown(EnvironmentProblem, ConnectionError):
     """A gateway's daemon does not answer on its vici socket: exit 3 with what to do, never a traceback."""
 
-    def __init__(self, directory: Path, why: str):
+    def __init__(self, directory: Path, why: str, gone: bool = False):
         self.why = why
+        self.gone = gone  # nothing listens on the socket: the daemon is not running (not slow, not busy)
         super().__init__(f"the strongSwan daemon of gateway {directory.name} is not answering ({why}); nothing was "
                          f"changed. 'vnetlab status' shows the gateways; 'vnetlab down' then 'vnetlab up' rebuilds the "
                          f"lab (its log: {directory / 'charon.log'})")
@@ -104,13 +110,8 @@ def _connect(path: Path, timeout: float) -> socket.socket:
             time.sleep(0.005)
         except OSError as exc:
             sock.close()
-            raise GatewayDown(path.parent, exc.strerror or str(exc)) from None
-
-
-def is_gone(exc: GatewayDown) -> bool:
-    """Whether nothing listens on the socket any more (the daemon is not running), as opposed to
-    a daemon that is there but slow, busy or broke the connection."""
-    return exc.why in (os.strerror(errno.ENOENT), os.strerror(errno.ECONNREFUSED))
+            raise GatewayDown(path.parent, exc.strerror or str(exc),
+                              gone=exc.errno in (errno.ENOENT, errno.ECONNREFUSED)) from None
 
 
 def wait_ready(directory: Path, proc: subprocess.Popen | None, deadline: float) -> None:
@@ -179,6 +180,16 @@ def check_alive(directory: Path, timeout: float = 2.0) -> None:
     """Raise GatewayDown unless the daemon answers: asked before a change is applied or recorded."""
     with session(directory, timeout=timeout) as s:
         s.version()
+
+
+def is_silent(directory: Path) -> bool:
+    """Whether the daemon is there (its socket takes connections) but gives no answer, even given
+    SILENT_AFTER_S: a wedged daemon (strongSwan #566), not a dead one and not a busy one."""
+    try:
+        check_alive(directory, SILENT_AFTER_S)
+    except GatewayDown as exc:
+        return not exc.gone
+    return False
 
 
 def initiate(directory: Path, conn: str, children: list[str], timeout_ms: int) -> bool:

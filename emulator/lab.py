@@ -420,22 +420,14 @@ def heal_gateway(lab_name: str, gateway: str, wedged: bool = False) -> float | N
     answering (workers/monitor.watch_health); asked once more under the lock, it is stopped first,
     as reset-gateway does."""
     with changing(lab_name) as lab:
-        if Registry(lab.directory).live(f"charon {gateway}") and not (wedged and _silent(lab, gateway)):
+        if Registry(lab.directory).live(f"charon {gateway}") and not (
+                wedged and gateways.is_silent(lab.gw_dir(lab.topology.gateway(gateway)))):
             return None
         started = time.monotonic()
         applied = read_snapshot(lab.directory).without_gateway(gateway)
         stop = [StopDaemon(gateway)] if wedged else []
         Executor(lab).run([*stop, *diff(applied, desired(lab), lab.topology)], applied)
         return time.monotonic() - started
-
-
-def _silent(lab: Lab, gateway: str) -> bool:
-    """Whether the daemon is there (its socket takes connections) but gives no answer."""
-    try:
-        gateways.check_alive(lab.gw_dir(lab.topology.gateway(gateway)))
-    except gateways.GatewayDown as exc:
-        return not gateways.is_gone(exc)
-    return False
 
 
 def heal_routes(lab_name: str, ns: str) -> list[Action]:

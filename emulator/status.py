@@ -245,7 +245,7 @@ def collect(lab: Lab, with_reasons: bool = True) -> list[ConnectionStatus]:
             answers[gw.name] = gateways.list_sas(lab.gw_dir(gw))
         except gateways.GatewayDown as exc:
             answers[gw.name] = None
-            silent[gw.name] = "is not running" if gateways.is_gone(exc) else f"does not answer ({exc.why})"
+            silent[gw.name] = "is not running" if exc.gone else f"does not answer ({exc.why})"
     result = []
     for gw in lab.topology.gateways:
         sas, down_reason = answers[gw.name] or {}, ""

@@ -47,6 +47,7 @@ MAX_RETRIES = 9
 HOST_MTU = 1500  # every test host's link
 MSS_OFFERED = 1460  # what a host on a 1500-byte link offers, and the MSS probe carries
 RETRY_WAIT = 0.5  # s: an answer inside the lab takes milliseconds; the first round waits the full timeout
+READY_S = 60.0  # the capture worker imports scapy (about 1 s) and opens one socket per link
 
 
 @dataclass(frozen=True)
@@ -307,7 +308,6 @@ def mtu_searches(probes: list[Probe]) -> list[MtuSearch]:
     return searches
 
 
-READY_S = 60.0  # the capture worker imports scapy (about 1 s) and opens one socket per link
 JUDGE_SECONDS = 600  # the capture judges every byte it saw: a 300-VNet ring's run takes tens of seconds
 
 

@@ -46,17 +46,17 @@ def test_a_daemon_that_is_gone_is_told_from_one_that_does_not_answer(tmp_path):
             return exc
         raise AssertionError("answered")
 
-    assert gateways.is_gone(why(tmp_path / "charon.vici"))  # no socket: ENOENT
+    assert why(tmp_path / "charon.vici").gone  # no socket: ENOENT
     gone = socket.socket(socket.AF_UNIX)
     gone.bind(str(tmp_path / "charon.vici"))
     gone.close()
-    assert gateways.is_gone(why(tmp_path / "charon.vici"))  # a socket nobody listens on: ECONNREFUSED
+    assert why(tmp_path / "charon.vici").gone  # a socket nobody listens on: ECONNREFUSED
     (tmp_path / "charon.vici").unlink()
     with socket.socket(socket.AF_UNIX) as mute:  # listens, never answers: a stuck daemon
         mute.bind(str(tmp_path / "charon.vici"))
         mute.listen()
         exc = why(tmp_path / "charon.vici")
-        assert not gateways.is_gone(exc) and "timed out" in exc.why
+        assert not exc.gone and "timed out" in exc.why
 
 
 def test_a_device_end_is_labelled_with_the_vnet_it_connects_to():

@@ -75,7 +75,8 @@ def test_a_daemon_that_runs_but_never_answers_is_restarted_once_it_has_been_sile
     def check_alive(directory, timeout):
         said = answers[directory.name].pop(0)
         if said is not True:
-            raise monitor.gateways.GatewayDown(directory, "No such file or directory" if said is None else "timed out")
+            raise monitor.gateways.GatewayDown(directory, "No such file or directory" if said is None else "timed out",
+                                               gone=said is None)
 
     monkeypatch.setattr(monitor.time, "sleep", sleep)
     monkeypatch.setattr(monitor.time, "monotonic", lambda: clock[0])
