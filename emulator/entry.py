@@ -6,6 +6,7 @@ handler and would otherwise kill a finished command with SIGINT. A command that 
 prints every thread's stack on `kill -USR1 PID` (the lab's helpers too, into workers.log)."""
 
 import faulthandler
+import gc
 import os
 import signal
 import sys
@@ -29,3 +30,6 @@ def run() -> int:
         return main()
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # the answer is given: Python's last collections at exit walk every object the imports
+        # made (60 ms of `up`'s 0.8 s) and free nothing the process's end does not
+        gc.freeze()

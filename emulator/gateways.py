@@ -114,6 +114,24 @@ def _connect(path: Path, timeout: float) -> socket.socket:
                               gone=exc.errno in (errno.ENOENT, errno.ECONNREFUSED)) from None
 
 
+def events(s: vici.Session, kinds: list[str], then_s: float) -> Iterator[tuple[Any, Any]]:
+    """The session's events of these kinds, as vici's listen() yields them, (None, None) when none
+    came for a while: the first (None, None) at once after the registration, so the caller knows
+    it listens (the monitor's "ready", for which `up` waits), and later ones every then_s. vici's
+    listen() takes one timeout for both: 50 ms made every `up` wait 50 ms for the first, and woke
+    each listener 20 times a second for nothing (6,000 wake-ups a second at 300 gateways)."""
+    receive = s.transport.receive
+    wait = [0.001]
+
+    def patient(timeout=vici.protocol.RECV_TIMEOUT_DEFAULT):  # the listen's own reads only
+        return receive(timeout if timeout is vici.protocol.RECV_TIMEOUT_DEFAULT else wait[0])
+
+    s.transport.receive = patient
+    for event in s.listen(kinds, timeout=wait[0]):
+        yield event
+        wait[0] = then_s
+
+
 def wait_ready(directory: Path, proc: subprocess.Popen | None, deadline: float) -> None:
     """Until the daemon answers on vici; raises if it died or the deadline passed."""
     while True:

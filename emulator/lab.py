@@ -283,6 +283,9 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
             if interrupts.interrupted():  # a Ctrl-C that Python swallowed before the build began
                 raise KeyboardInterrupt
             write_private(directory / PLAN_COPY, text)
+            # the helpers start first: their Python starts on another core while the network is built
+            key_recorder = _spawn_key_recorder(directory, topo, registry)
+            monitor = _spawn_monitor(directory, topo, registry)
             _build_network(topo, registry, check)
             check()
             chosen = choose_dataplane(dataplane, topo.backbone)
@@ -290,13 +293,13 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
             (directory / LAB_META).write_text(json.dumps({"name": plan.name, "dataplane": chosen, "created": created,
                                                           "sku_limit": sku_limit}))
             lab = Lab(directory, plan, topo, chosen, created, sku_limit)
-            _start_key_recorder(lab, registry)
             start_ike_recorder(directory, topo.backbone, registry)
+            _await_worker(registry, key_recorder)  # before any daemon: it holds their key logs open
             # up is apply(desired, nothing); the event monitor must listen before the first initiate
             actions = diff(LiveState(), desired(lab), topo)
             executor = Executor(lab, initiate_timeout=timeout)
             state = executor.run([a for a in actions if a.phase < Initiate.phase], LiveState())
-            _start_monitor(lab, registry)
+            _await_worker(registry, monitor)  # told to go: the daemons run now
             executor.run([a for a in actions if a.phase >= Initiate.phase], state)
             check()  # the last moment an interrupt still undoes the lab
             set_current(plan.name)
@@ -446,45 +449,67 @@ def heal_routes(lab_name: str, ns: str) -> list[Action]:
         return actions
 
 
-def _start_key_recorder(lab: Lab, registry: Registry) -> None:
-    """The session-key recorder (workers/keylog.py), before any daemon: each daemon's key log is
-    a FIFO that this worker holds open, so the daemon never waits on it."""
-    for gw in lab.topology.gateways:
-        directory = lab.gw_dir(gw)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.mkfifo(directory / KEY_PIPE, 0o600)
-    _start_worker(registry, "key recorder", "emulator.workers.keylog",
-                  [f"{gw.name}={lab.gw_dir(gw)}" for gw in lab.topology.gateways])
+@dataclass(frozen=True)
+class _Worker:
+    """A helper started by `up`, not yet known to be ready."""
+    what: str
+    proc: subprocess.Popen
 
 
-def _start_worker(registry: Registry, what: str, module: str, args: list[str]) -> None:
-    """A long-lived helper of the lab, in the host namespace, journalled by pid; it prints
-    "ready" once it can do its work. What it says on stderr (a crash's traceback) goes to the
-    lab's workers.log, which `down` removes with the lab."""
+def _spawn_key_recorder(directory: Path, topo: Topology, registry: Registry) -> _Worker:
+    """The session-key recorder (workers/keylog.py), ready before any daemon: each daemon's key log
+    is a FIFO that this worker holds open, so the daemon never waits on it."""
+    dirs = [gateway_dir(directory, gw, i) for i, gw in enumerate(topo.gateways)]
+    for gw_dir in dirs:
+        gw_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.mkfifo(gw_dir / KEY_PIPE, 0o600)
+    return _spawn_worker(registry, "key recorder", "emulator.workers.keylog",
+                         [f"{gw.name}={d}" for gw, d in zip(topo.gateways, dirs)])
+
+
+def _spawn_monitor(directory: Path, topo: Topology, registry: Registry) -> _Worker:
+    """The event recorder (workers/monitor.py), in the host namespace: it only talks to the vici
+    sockets. Started with the build, it waits for "go" on its stdin (the daemons run then) before
+    it listens. It exits by itself when the daemons go; `down` also stops it by its journalled pid."""
+    return _spawn_worker(registry, "event monitor", "emulator.workers.monitor",
+                         [str(directory), *(f"{gw.name}={gw.netns}={gateway_dir(directory, gw, i)}"
+                                            for i, gw in enumerate(topo.gateways))], gated=True)
+
+
+def _spawn_worker(registry: Registry, what: str, module: str, args: list[str], gated: bool = False) -> _Worker:
+    """A long-lived helper of the lab, in the host namespace, journalled by pid. gated: it waits
+    for "go" on its stdin (_await_worker says it). What it says on stderr (a crash's traceback)
+    goes to the lab's workers.log, which `down` removes with the lab."""
     log = os.open(registry.directory / WORKERS_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         with ops.signals_held():  # it runs in the host namespace: it must be journalled before any interrupt
-            proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen([sys.executable, "-m", module, *args],
+                                    stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=log,
                                     cwd=WORKER_CWD, preexec_fn=ops.signals_unblocked, **OUTLIVES_COMMAND)
             registry.adopt_process(proc.pid, what)
     finally:
         os.close(log)
+    return _Worker(what, proc)
+
+
+def _await_worker(registry: Registry, worker: _Worker) -> None:
+    """Tell a gated helper to go, then wait until it prints "ready" (it can do its work then)."""
+    proc = worker.proc
     try:
+        if proc.stdin is not None:
+            try:
+                proc.stdin.write(b"go\n")
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # it has exited: said below, with what it wrote to workers.log
         ready, _said = wait_for_word(proc.stdout.fileno(), b"ready\n", WORKER_READY_S)
     finally:
         proc.stdout.close()
     if not ready:  # no wait without an end: a helper that hangs fails `up`, which then removes the lab
         why = f"said nothing within {WORKER_READY_S:.0f} s" if proc.poll() is None else "exited before it was ready"
         told = (registry.directory / WORKERS_LOG).read_text(errors="replace").strip()[-600:]
-        raise EnvironmentProblem(f"the {what} {why}" + (f"; it said: {told}" if told else ""))
-
-
-def _start_monitor(lab: Lab, registry: Registry) -> None:
-    """The event recorder (workers/monitor.py), in the host namespace: it only talks to the vici
-    sockets. It exits by itself when the daemons go; `down` also stops it by its journalled pid."""
-    _start_worker(registry, "event monitor", "emulator.workers.monitor",
-                  [str(lab.directory), *(f"{gw.name}={gw.netns}={lab.gw_dir(gw)}" for gw in lab.topology.gateways)])
+        raise EnvironmentProblem(f"the {worker.what} {why}" + (f"; it said: {told}" if told else ""))
 
 
 # -- down -------------------------------------------------------------------------------------

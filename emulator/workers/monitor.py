@@ -8,8 +8,9 @@ LAB_DIR/events.jsonl, in the vocabulary of Get-AzureVNetConnection:
 - 23403: an SA was rekeyed (vici ike-rekey / child-rekey);
 - 23404: the gateway's backbone link went down or came back (its routes are put back then).
 Every change to the lab goes through lab.py's reconciler, under the lab's lock. Prints "ready"
-once every listener is registered. `down` stops this process before it stops the daemons; it
-also exits by itself when the lab's state directory is gone.
+once every listener is registered, after `up` has said "go" on its stdin (the daemons run then).
+`down` stops this process before it stops the daemons; it also exits by itself when the lab's
+state directory is gone.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def listen(gateway: str, directory: Path, recorder: Recorder, ready: threading.B
         synced = False
         try:
             with gateways.session(directory, timeout=5.0) as s:
-                events = s.listen(["ike-updown", "child-updown", "ike-rekey", "child-rekey"], timeout=0.05)
+                events = gateways.events(s, ["ike-updown", "child-updown", "ike-rekey", "child-rekey"], then_s=1.0)
                 for kind, msg in events:
                     if not announced:
                         announced = True
@@ -293,6 +294,11 @@ def main() -> None:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID`: every thread's stack, into workers.log
     lab_dir = Path(sys.argv[1])
     specs = [arg.split("=", 2) for arg in sys.argv[2:]]
+    # `up` starts this worker while it builds the network, and says "go" once the daemons run;
+    # an `up` that ended before (interrupted, failed) closed the pipe: there is nothing to watch
+    if sys.stdin.buffer.readline() != b"go\n":
+        return
+    sys.stdin.close()
     recorder = Recorder(lab_dir)
     ready = threading.Barrier(len(specs) + 1)
     threads = [threading.Thread(target=listen, args=(name, Path(d), recorder, ready), daemon=True)

@@ -101,3 +101,18 @@ def test_no_listener_thread_imports_before_the_main_thread_has_loaded_everything
             continue
         waits = [n for n in ast.walk(fn) if isinstance(n, ast.Call) and ast.unparse(n.func) == "_loaded.wait"]
         assert waits and min(w.lineno for w in waits) < min(i.lineno for i in imports), fn.name
+
+
+def test_the_monitor_waits_for_go_and_an_up_that_ended_before_leaves_it_nothing_to_do(tmp_path):
+    """`up` starts the monitor while it builds the network and says "go" once the daemons run. An
+    `up` that ended before (its pipe closed, no "go") leaves nothing to watch: the monitor exits at
+    once, listens to no daemon, and says nothing."""
+    import subprocess
+    import sys
+
+    gw = tmp_path / "TestVNet1"
+    gw.mkdir()
+    done = subprocess.run([sys.executable, "-m", "emulator.workers.monitor", str(tmp_path), f"TestVNet1=ns={gw}"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert not (tmp_path / "events.jsonl").exists()

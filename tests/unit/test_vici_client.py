@@ -92,3 +92,26 @@ def test_a_ctrl_c_while_a_streamed_answer_is_read_stays_a_ctrl_c(tmp_path):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_listener_knows_at_once_that_it_listens_and_is_then_woken_rarely(tmp_path):
+    """The monitor says "ready" (and `up` initiates) once its listeners are registered, which it
+    learns from their first (None, None). vici's listen() has one timeout for that and for every
+    later quiet spell: 50 ms made each `up` wait 50 ms, and woke 300 listeners 6,000 times a second."""
+    then_s = 3.0
+    got: list[tuple[float, object]] = []
+
+    def listen():
+        with gateways.session(tmp_path, timeout=10) as s:
+            started = time.monotonic()
+            for event in gateways.events(s, ["ike-updown", "child-updown"], then_s=then_s):
+                got.append((time.monotonic() - started, event))
+                if len(got) == 2:
+                    break
+
+    seen = _talk(tmp_path, listen)
+    assert [event for _t, event in got] == [(None, None), (None, None)]
+    assert got[0][0] < then_s / 2  # at once, not after a quiet spell
+    assert got[1][0] - got[0][0] >= then_s * 0.9  # and then not before one
+    assert seen[:2] == [(EVENT_REGISTER, "ike-updown"), (EVENT_REGISTER, "child-updown")]
+    assert seen[2:] == [(EVENT_UNREGISTER, "ike-updown"), (EVENT_UNREGISTER, "child-updown")]
