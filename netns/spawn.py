@@ -31,12 +31,15 @@ def wait_for_word(fd: int, word: bytes, seconds: float) -> tuple[bool, str]:
     what it said). The whole line: tcpdump writes its "listening on …" line in several writes, and
     a pipe closed after the first part killed it with SIGPIPE at the next. Every wait for another
     process has an end: at `seconds`, or when the pipe closes (it exited). Raw reads, not a text
-    stream's readline, whose buffer can hold the line while select() waits."""
+    stream's readline, whose buffer can hold the line while poll() waits (poll, not select: a
+    process with over 1,024 open files, as at 1,000 gateways, gets descriptors select() refuses)."""
     deadline = time.monotonic() + seconds
     said = b""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
     while not _has_line(said, word):
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0 or not poller.poll(left * 1000):
             break
         chunk = os.read(fd, 4096)
         if not chunk:

@@ -1,9 +1,12 @@
 """Every wait for a starting process has an end (netns/spawn.wait_for_word): CI once saw `up`
 hang past 60 s after a Ctrl-C, and three of its waits for a helper's first words had none."""
 
+import os
 import subprocess
 import sys
 import time
+
+import pytest
 
 from netns.spawn import wait_for_word
 
@@ -51,3 +54,23 @@ def test_a_line_written_in_parts_is_waited_for_to_its_end():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_pipe_numbered_past_1024_is_waited_for(tmp_path):
+    """A process with over 1,024 open files (at 1,000 gateways) gets descriptors that select()
+    refuses ("filedescriptor out of range"): the wait polls."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1600:
+        pytest.skip(f"the hard limit of open files ({hard}) is below 1,600")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1600), hard))
+    r, w = os.pipe()
+    high = os.dup2(r, 1500)
+    try:
+        os.write(w, b"ready\n")
+        assert wait_for_word(high, b"ready", 5) == (True, "ready\n")
+    finally:
+        for fd in (r, w, high):
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
