@@ -226,14 +226,41 @@ class Plan:
             found.setdefault((c.vnet, c.local_site), c)
         return found
 
+    def vnets_overlapping(self, nets: tuple[IPv4Network, ...]) -> list[VNet]:
+        """The VNets with a prefix that overlaps one of `nets`, in plan order. Two prefixes overlap
+        when one holds the other: those a net holds are a run of the sorted prefixes (bisection),
+        and those that hold it are among its 32 supernets, looked up by address and length.
+        Comparing every site with every VNet took 5 s of a 1,000-VNet plan's validation."""
+        starts, prefixes = self._prefixes
+        found: set[int] = set()
+        for net in nets:
+            lo, hi = int(net.network_address), int(net.broadcast_address)
+            found.update(i for _start, _end, i in prefixes[bisect_left(starts, lo):bisect_right(starts, hi)])
+            for length in range(net.prefixlen):
+                found.update(self._prefix_owners.get((lo & (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF, length), ()))
+        return [self.vnets[i] for i in sorted(found)]
+
     @cached_property
-    def _site_vnets(self) -> dict[str, VNet]:
-        """Site name -> the one VNet it covers entirely. VNet prefixes sorted by address, so the
-        prefixes inside a site prefix are one contiguous run found by bisection: this stays fast
-        for plans of hundreds of VNets (a scan per site and VNet made validation cubic)."""
+    def _prefixes(self) -> tuple[list[int], list[tuple[int, int, int]]]:
+        """Every VNet prefix as (first address, last address, VNet index), sorted, with the first
+        addresses alone for bisection: the prefixes inside a range are one contiguous run."""
         prefixes = sorted((int(n.network_address), int(n.broadcast_address), i)
                           for i, v in enumerate(self.vnets) for n in v.address_space)
-        starts = [p[0] for p in prefixes]
+        return [p[0] for p in prefixes], prefixes
+
+    @cached_property
+    def _prefix_owners(self) -> dict[tuple[int, int], list[int]]:
+        owners: dict[tuple[int, int], list[int]] = {}
+        for i, v in enumerate(self.vnets):
+            for n in v.address_space:
+                owners.setdefault((int(n.network_address), n.prefixlen), []).append(i)
+        return owners
+
+    @cached_property
+    def _site_vnets(self) -> dict[str, VNet]:
+        """Site name -> the one VNet it covers entirely. Found by bisection (_prefixes): this stays
+        fast for plans of hundreds of VNets (a scan per site and VNet made validation cubic)."""
+        starts, prefixes = self._prefixes
         result: dict[str, VNet] = {}
         for site in self.local_sites:
             covered: dict[int, set[tuple[int, int]]] = {}

@@ -150,7 +150,7 @@ def _check_sites(plan: Plan, out: Collector) -> None:
             if a.overlaps(b):
                 out.error(obj, "address_space", f"{a} overlaps {b}; the prefixes of one site must be disjoint")
         mirror = plan.vnet_of_site(site)
-        touched = [v for v in plan.vnets if v is not mirror and _overlaps(site.address_space, v.address_space)]
+        touched = [v for v in plan.vnets_overlapping(site.address_space) if v is not mirror]
         for vnet in touched:
             covers_all = all(any(n.subnet_of(s) for s in site.address_space) for n in vnet.address_space)
             what = "covers more than one VNet" if covers_all else f"names {vnet.name}'s range only partly"

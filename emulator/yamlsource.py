@@ -1,7 +1,10 @@
 """Safe YAML reading that remembers the line of every mapping key, for error messages.
 
 Aliases and anchors are refused (a plan needs none, and they are how YAML bombs work);
-duplicate keys are refused (PyYAML would silently keep the last one).
+duplicate keys are refused (PyYAML would silently keep the last one). Parsed by libyaml when
+PyYAML has it (a 300-VNet plan: 0.1 s instead of 0.3 s of `validate`'s 0.75 s); input that
+libyaml refuses is parsed again by PyYAML's own parser, whose messages say more ("found
+character '\\t' that cannot start any token", where libyaml leaves the tab out).
 """
 
 from __future__ import annotations
@@ -33,14 +36,11 @@ class YamlProblem(Exception):
 
 
 class _Loader(yaml.SafeLoader):
-    def compose_node(self, parent, index):  # type: ignore[override]
-        if self.check_event(AliasEvent):
-            event = self.peek_event()
-            raise YamlProblem("YAML aliases (*name) are not allowed in a plan", event.start_mark.line + 1)
-        node = super().compose_node(parent, index)
-        if getattr(node, "anchor", None):
-            raise YamlProblem("YAML anchors (&name) are not allowed in a plan", node.start_mark.line + 1)
-        return node
+    pass
+
+
+class _FastLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    pass
 
 
 def _construct_mapping(loader: _Loader, node: MappingNode, deep: bool = False) -> LineMap:
@@ -60,7 +60,22 @@ def _construct_mapping(loader: _Loader, node: MappingNode, deep: bool = False) -
     return result
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+for _loader in (_Loader, _FastLoader):
+    _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _refuse_anchors(text: str, loader: type) -> None:
+    """The first anchor or alias, in the order of the text (an alias always follows its anchor).
+    Checked on the parser's events, before anything is built from them."""
+    for event in yaml.parse(text, Loader=loader):  # noqa: S506 - events only, nothing is constructed
+        if isinstance(event, AliasEvent) or getattr(event, "anchor", None):
+            raise YamlProblem("YAML anchors and aliases (&name, *name) are not allowed in a plan",
+                              event.start_mark.line + 1)
+
+
+def _load(text: str, loader: type) -> Any:
+    _refuse_anchors(text, loader)
+    return yaml.load(text, Loader=loader)  # noqa: S506 - both loaders derive from SafeLoader
 
 
 def load_yaml(text: str) -> Any:
@@ -68,7 +83,10 @@ def load_yaml(text: str) -> Any:
     if len(text.encode("utf-8", "replace")) > MAX_PLAN_BYTES:
         raise YamlProblem(f"file is larger than {MAX_PLAN_BYTES} bytes; a plan is far smaller", None)
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+        try:
+            return _load(text, _FastLoader)
+        except yaml.YAMLError:
+            return _load(text, _Loader)  # says more of what is wrong; and libyaml may be the stricter
     except YamlProblem:
         raise
     except yaml.MarkedYAMLError as exc:
