@@ -121,15 +121,15 @@ def events(s: vici.Session, kinds: list[str], then_s: float) -> Iterator[tuple[A
     listen() takes one timeout for both: 50 ms made every `up` wait 50 ms for the first, and woke
     each listener 20 times a second for nothing (6,000 wake-ups a second at 300 gateways)."""
     receive = s.transport.receive
-    wait = [0.001]
+    wait = 0.001
 
     def patient(timeout=vici.protocol.RECV_TIMEOUT_DEFAULT):  # the listen's own reads only
-        return receive(timeout if timeout is vici.protocol.RECV_TIMEOUT_DEFAULT else wait[0])
+        return receive(timeout if timeout is vici.protocol.RECV_TIMEOUT_DEFAULT else wait)
 
     s.transport.receive = patient
-    for event in s.listen(kinds, timeout=wait[0]):
+    for event in s.listen(kinds, timeout=wait):
         yield event
-        wait[0] = then_s
+        wait = then_s
 
 
 def wait_ready(directory: Path, proc: subprocess.Popen | None, deadline: float) -> None:

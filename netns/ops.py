@@ -59,17 +59,10 @@ def create(name: str) -> None:
     """A new namespace, made by this thread: unshare, bind-mount it to /run/netns/NAME, back home.
     pyroute2's netns.create forks the whole Python process for that (7-10 ms a namespace, a third
     of `up`'s build); a thread's network namespace is its own, so no fork is needed."""
-    with signals_held():  # a Ctrl-C before the way back would leave this thread in the new namespace
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            if _libc.unshare(CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), f"cannot create network namespace {name}")
-            try:
-                netns.attach(name, threading.get_native_id())
-            finally:
-                netns.setns(home, flags=0)
-        finally:
-            os.close(home)
+    with _back_home():
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"cannot create network namespace {name}")
+        netns.attach(name, threading.get_native_id())
 
 
 def remove(name: str) -> None:
@@ -200,29 +193,37 @@ class Namespace:
         return self.ipr.get_links(self.index(ifname))[0].get_attr("IFLA_OPERSTATE") == "UP"
 
 
-def inside(ns: str, make):
-    """Run make() with this thread in namespace ns: the sockets it opens belong there for good."""
-    with signals_held():  # a Ctrl-C between the two setns calls would leave the thread in the lab
+@contextmanager
+def _back_home() -> Iterator[None]:
+    """This thread returns to its own network namespace after the block, whatever the block did.
+    Signals wait meanwhile: a Ctrl-C before the way back would leave the thread in a lab namespace."""
+    with signals_held():
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         try:
-            netns.setns(f"{NETNS_DIR}/{ns}", flags=0)
-            try:
-                return make()
-            finally:
-                netns.setns(home, flags=0)
+            yield
         finally:
-            os.close(home)
+            try:
+                netns.setns(home, flags=0)
+            finally:
+                os.close(home)
+
+
+def inside(ns: str, make):
+    """Run make() with this thread in namespace ns: the sockets it opens belong there for good."""
+    with _back_home():
+        netns.setns(f"{NETNS_DIR}/{ns}", flags=0)  # flags=0: a namespace that is gone is an error, not made anew
+        return make()
 
 
 def set_sysctls(name: str, settings: dict[str, str]) -> None:
-    """Write /proc/sys keys as seen from inside namespace `name` (net.* keys are per namespace)."""
-    with signals_held():  # interrupted between push and pop, the command would stay in the lab's namespace
-        netns.pushns(name)
-        try:
-            for key, value in settings.items():
-                Path("/proc/sys", key.replace(".", "/")).write_text(value)
-        finally:
-            netns.popns()
+    """Write /proc/sys keys as seen from inside namespace `name` (net.* keys are per namespace).
+    Through inside(): pyroute2's pushns would create the namespace if it were gone (its O_CREAT
+    default), by forking the whole process."""
+    def write() -> None:
+        for key, value in settings.items():
+            Path("/proc/sys", key.replace(".", "/")).write_text(value)
+
+    inside(name, write)
 
 
 __all__ = ["Namespace", "NetlinkError", "create", "exists", "inside", "remove", "set_sysctls"]

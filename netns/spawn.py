@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import select
 import signal
 import time
@@ -24,6 +25,13 @@ def end_with_parent() -> None:
     """As a Popen preexec_fn: the child gets SIGTERM when its parent dies (`ip netns exec` execs
     the command, and the setting survives exec), so a helper never outlives a killed command."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def open_files_to_hard_limit() -> None:
+    """A helper that holds a file per gateway or host (the monitor's vici sessions, the prober's
+    sockets) needs more than the soft limit most sessions get (1,024) in a lab of 1,000 VNets."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def wait_for_word(fd: int, word: bytes, seconds: float) -> tuple[bool, str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
-import resource
 import select
 import signal
 import socket
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from emulator import gateways  # vici only: the heavier modules (pyroute2) load after "ready"
 from emulator.events import record_event
+from netns.spawn import open_files_to_hard_limit
 
 EVENT_STATE_CHANGE = 23401
 EVENT_RESTART = 23402
@@ -293,10 +293,7 @@ def _write_links_down(lab_dir: Path, down: set[str]) -> None:
 
 def main() -> None:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID`: every thread's stack, into workers.log
-    # a vici session held open per gateway, and more for its checks: past 1,000 gateways that is
-    # more than the soft limit of open files most sessions get (1,024)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    open_files_to_hard_limit()  # a vici session held open per gateway, and more for its checks
     lab_dir = Path(sys.argv[1])
     specs = [arg.split("=", 2) for arg in sys.argv[2:]]
     # `up` starts this worker while it builds the network, and says "go" once the daemons run;

@@ -35,7 +35,6 @@ the request) shows what a TCP handshake's MSS becomes across the tunnel (a gatew
 from __future__ import annotations
 
 import json
-import resource
 import selectors
 import socket
 import struct
@@ -44,6 +43,7 @@ import time
 from dataclasses import dataclass, field
 
 from netns import ops
+from netns.spawn import open_files_to_hard_limit
 from scapy.config import conf
 from scapy.layers.inet import ICMP, IP, TCP, UDP, ICMPerror, IPerror, TCPerror, UDPerror
 from scapy.packet import Raw
@@ -380,8 +380,7 @@ class Engine:
 def main() -> None:
     conf.verb = 0
     request = json.load(sys.stdin)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # six sockets per host
+    open_files_to_hard_limit()  # six sockets per host
     marks = [time.monotonic()]
     engine = Engine(request)
     marks.append(time.monotonic())

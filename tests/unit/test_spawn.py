@@ -56,7 +56,7 @@ def test_a_line_written_in_parts_is_waited_for_to_its_end():
         proc.wait()
 
 
-def test_a_pipe_numbered_past_1024_is_waited_for(tmp_path):
+def test_a_pipe_numbered_past_1024_is_waited_for():
     """A process with over 1,024 open files (at 1,000 gateways) gets descriptors that select()
     refuses ("filedescriptor out of range"): the wait polls."""
     import resource
