@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -36,7 +37,7 @@ from .problems import EnvironmentProblem, Problem, UsageError
 from .keylog import KEY_PIPE
 from .render import write_private
 from .executor import Executor, lane, read_snapshot
-from .reconcile import Action, Initiate, LiveState, StopDaemon, desired_state, diff
+from .reconcile import Action, Initiate, LiveState, StartDaemon, StopDaemon, WriteConfig, desired_state, diff
 from .topology import GatewayNode, Route, Topology, build_topology
 
 PLAN_COPY = "plan.yaml"
@@ -283,22 +284,31 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
             if interrupts.interrupted():  # a Ctrl-C that Python swallowed before the build began
                 raise KeyboardInterrupt
             write_private(directory / PLAN_COPY, text)
-            # the helpers start first: their Python starts on another core while the network is built
+            # the helpers start first: their Python starts on another core while the lab is built
             key_recorder = _spawn_key_recorder(directory, topo, registry)
             monitor = _spawn_monitor(directory, topo, registry)
-            _build_network(topo, registry, check)
-            check()
+            _make_namespaces(topo, registry, check)
             chosen = choose_dataplane(dataplane, topo.backbone)
             created = datetime.now(timezone.utc).isoformat(timespec="seconds")
             (directory / LAB_META).write_text(json.dumps({"name": plan.name, "dataplane": chosen, "created": created,
                                                           "sku_limit": sku_limit}))
             lab = Lab(directory, plan, topo, chosen, created, sku_limit)
-            start_ike_recorder(directory, topo.backbone, registry)
-            _await_worker(registry, key_recorder)  # before any daemon: it holds their key logs open
-            # up is apply(desired, nothing); the event monitor must listen before the first initiate
+            # up is apply(desired, nothing), in three parts. The daemons need only their namespaces,
+            # so they are started first and boot while a thread builds the links (the executor's
+            # wait for their vici sockets leaves it the interpreter); the routes and caps need the
+            # links, and the event monitor must listen before the first initiate.
             actions = diff(LiveState(), desired(lab), topo)
+            booting = (WriteConfig, StartDaemon)
             executor = Executor(lab, initiate_timeout=timeout)
-            state = executor.run([a for a in actions if a.phase < Initiate.phase], LiveState())
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                links = pool.submit(_build_links, topo, check)
+                # it records on "any": links made after it started count
+                recorder = pool.submit(start_ike_recorder, directory, topo.backbone, registry)
+                state = executor.run([a for a in actions if isinstance(a, booting)], LiveState())
+                links.result()
+                recorder.result()
+            state = executor.run([a for a in actions if a.phase < Initiate.phase and not isinstance(a, booting)], state)
+            _await_worker(registry, key_recorder)
             _await_worker(registry, monitor)  # told to go: the daemons run now
             executor.run([a for a in actions if a.phase >= Initiate.phase], state)
             check()  # the last moment an interrupt still undoes the lab
@@ -312,18 +322,24 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
     return UpResult(lab, warnings, time.monotonic() - started)
 
 
-def _build_network(topo: Topology, registry: Registry, check: Callable[[], None]) -> None:
-    """Namespaces, links, addresses and neighbours (routes and caps are live state: reconcile.py).
-    One netlink socket per namespace, in creation order: a veth is created from its first
-    end's namespace (the backbone, or the router of a host), which topology always creates
-    before the namespace of its other end, so every interface exists when its namespace's turn comes.
-    `check` runs between namespaces: an interrupt stops the build there."""
+def _make_namespaces(topo: Topology, registry: Registry, check: Callable[[], None]) -> None:
+    """Every namespace of the lab, journalled, with its sysctls. `check` runs between namespaces:
+    an interrupt stops the build there."""
     for ns in topo.namespaces:
         check()
         registry.create_netns(ns)
         # classic VNets are IPv4: no IPv6 link-local chatter on lab links (and in backbone captures)
         ops.set_sysctls(ns, {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1",
                              **({"net.ipv4.ip_forward": "1"} if ns in topo.forwarding else {})})
+
+
+def _build_links(topo: Topology, check: Callable[[], None]) -> None:
+    """Links, addresses and neighbours in the namespaces made (routes and caps are live state:
+    reconcile.py). One netlink socket per namespace, in creation order: a veth is created from its
+    first end's namespace (the backbone, or the router of a host), which topology always creates
+    before the namespace of its other end, so every interface exists when its namespace's turn
+    comes. Nothing in it is journalled: the namespaces take their links with them. `check` runs
+    between namespaces."""
     for ns in topo.namespaces:
         check()
         with ops.Namespace(ns) as n:
@@ -457,14 +473,21 @@ class _Worker:
 
 
 def _spawn_key_recorder(directory: Path, topo: Topology, registry: Registry) -> _Worker:
-    """The session-key recorder (workers/keylog.py), ready before any daemon: each daemon's key log
-    is a FIFO that this worker holds open, so the daemon never waits on it."""
+    """The session-key recorder (workers/keylog.py). Each daemon's key log is a FIFO, opened here
+    for reading and writing and handed to the worker: a daemon opening it never blocks, even while
+    the worker's Python still starts, so the daemons need not wait for it."""
     dirs = [gateway_dir(directory, gw, i) for i, gw in enumerate(topo.gateways)]
-    for gw_dir in dirs:
-        gw_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.mkfifo(gw_dir / KEY_PIPE, 0o600)
-    return _spawn_worker(registry, "key recorder", "emulator.workers.keylog",
-                         [f"{gw.name}={d}" for gw, d in zip(topo.gateways, dirs)])
+    fds: list[int] = []
+    try:
+        for gw_dir in dirs:
+            gw_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.mkfifo(gw_dir / KEY_PIPE, 0o600)
+            fds.append(os.open(gw_dir / KEY_PIPE, os.O_RDWR | os.O_NONBLOCK))
+        return _spawn_worker(registry, "key recorder", "emulator.workers.keylog",
+                             [f"{gw.name}={d}={fd}" for gw, d, fd in zip(topo.gateways, dirs, fds)], pass_fds=fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _spawn_monitor(directory: Path, topo: Topology, registry: Registry) -> _Worker:
@@ -476,9 +499,10 @@ def _spawn_monitor(directory: Path, topo: Topology, registry: Registry) -> _Work
                                             for i, gw in enumerate(topo.gateways))], gated=True)
 
 
-def _spawn_worker(registry: Registry, what: str, module: str, args: list[str], gated: bool = False) -> _Worker:
+def _spawn_worker(registry: Registry, what: str, module: str, args: list[str], gated: bool = False,
+                  pass_fds: list[int] | None = None) -> _Worker:
     """A long-lived helper of the lab, in the host namespace, journalled by pid. gated: it waits
-    for "go" on its stdin (_await_worker says it). What it says on stderr (a crash's traceback)
+    for "go" on its stdin (_await_worker says it); pass_fds: files it inherits. What it says on stderr (a crash's traceback)
     goes to the lab's workers.log, which `down` removes with the lab."""
     log = os.open(registry.directory / WORKERS_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
@@ -486,7 +510,8 @@ def _spawn_worker(registry: Registry, what: str, module: str, args: list[str], g
             proc = subprocess.Popen([sys.executable, "-m", module, *args],
                                     stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=log,
-                                    cwd=WORKER_CWD, preexec_fn=ops.signals_unblocked, **OUTLIVES_COMMAND)
+                                    cwd=WORKER_CWD, pass_fds=pass_fds or (),
+                                    **OUTLIVES_COMMAND)
             registry.adopt_process(proc.pid, what)
     finally:
         os.close(log)

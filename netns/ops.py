@@ -49,12 +49,6 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def signals_unblocked() -> None:
-    """As a Popen preexec_fn inside signals_held(): the child must not inherit the held signals
-    (a worker that ignores SIGTERM makes `down` wait for its SIGKILL)."""
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-
-
 def create(name: str) -> None:
     """A new namespace, made by this thread: unshare, bind-mount it to /run/netns/NAME, back home.
     pyroute2's netns.create forks the whole Python process for that (7-10 ms a namespace, a third

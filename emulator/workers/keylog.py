@@ -1,10 +1,11 @@
 """Read each gateway's level-4 log from its FIFO and keep only the session keys, and the final
 byte counts of each CHILD_SA that closes (emulator/keylog.py).
 
-argv: NAME=GATEWAY_DIR per gateway. Opens GATEWAY_DIR/keys.pipe (made by `up` before the
-daemons start) for reading and writing, so a daemon opening it never blocks and never sees a
-closed pipe, not even across a restart. Appends one JSON line per SA to GATEWAY_DIR/keys.jsonl
-(mode 0600), and one per closed CHILD_SA to GATEWAY_DIR/closed-sas.jsonl. Prints "ready" once every FIFO is open. Started before the daemons and stopped by
+argv: NAME=GATEWAY_DIR=FD per gateway. FD is GATEWAY_DIR/keys.pipe, which `up` made and opened
+for reading and writing before the daemons start, so a daemon opening it never blocks and never
+sees a closed pipe, not even across a restart. Appends one JSON line per SA to GATEWAY_DIR/keys.jsonl
+(mode 0600), and one per closed CHILD_SA to GATEWAY_DIR/closed-sas.jsonl. Prints "ready" once it
+reads every FIFO. Started before the daemons and stopped by
 `down` by its journalled pid; it also exits when the lab's state directory is gone.
 """
 
@@ -19,17 +20,22 @@ import signal
 import sys
 from pathlib import Path
 
-from emulator.keylog import CLOSED_FILE, KEY_PIPE, KEYS_FILE, ClosedSa, KeyLogParser
+from emulator.keylog import CLOSED_FILE, KEYS_FILE, ClosedSa, KeyLogParser
+from netns.spawn import signals_unblocked
 
 PIPE_SIZE = 1 << 20  # a burst of handshakes must not make a daemon wait on its log
 
 
 def main() -> None:
+    signals_unblocked()
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID`: every thread's stack, into workers.log
     sel = selectors.DefaultSelector()
-    gateways = [arg.split("=", 1) for arg in sys.argv[1:]]
-    for name, directory in gateways:
-        fd = os.open(Path(directory) / KEY_PIPE, os.O_RDWR | os.O_NONBLOCK)
+    gateways = []
+    for arg in sys.argv[1:]:
+        name, rest = arg.split("=", 1)
+        directory, fd_text = rest.rsplit("=", 1)
+        gateways.append((name, directory))
+        fd = int(fd_text)
         try:
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:

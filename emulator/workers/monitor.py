@@ -28,7 +28,7 @@ from pathlib import Path
 
 from emulator import gateways  # vici only: the heavier modules (pyroute2) load after "ready"
 from emulator.events import record_event
-from netns.spawn import open_files_to_hard_limit
+from netns.spawn import open_files_to_hard_limit, signals_unblocked
 
 EVENT_STATE_CHANGE = 23401
 EVENT_RESTART = 23402
@@ -292,6 +292,7 @@ def _write_links_down(lab_dir: Path, down: set[str]) -> None:
 
 
 def main() -> None:
+    signals_unblocked()
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID`: every thread's stack, into workers.log
     open_files_to_hard_limit()  # a vici session held open per gateway, and more for its checks
     lab_dir = Path(sys.argv[1])
