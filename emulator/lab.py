@@ -352,7 +352,7 @@ def _build_links(topo: Topology, check: Callable[[], None]) -> None:
             ends += [("lo", addr) for lo_ns, addr in topo.lo_addresses if lo_ns == ns]
             for ifname, addr in ends:
                 n.add_address(ifname, addr)
-            for ifname in {"lo", *(ifname for ifname, _ in ends)}:
+            for ifname in ["lo", *(v.if_b for v in topo.veths if v.ns_b == ns)]:  # the ends made here are up
                 n.up(ifname)
             for ifname, _addr, peer_ip, peer_mac in mine:
                 n.add_neighbour(ifname, peer_ip, peer_mac)

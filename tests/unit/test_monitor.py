@@ -1,6 +1,7 @@
 """The supervisor's loop, without daemons: what counts toward its restart limit."""
 
 import threading
+import time
 from contextlib import contextmanager
 
 from emulator.workers import monitor
@@ -116,3 +117,38 @@ def test_the_monitor_waits_for_go_and_an_up_that_ended_before_leaves_it_nothing_
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     assert not (tmp_path / "events.jsonl").exists()
+
+
+def test_a_daemon_writes_its_key_log_before_the_key_recorder_runs_and_nothing_is_lost(tmp_path):
+    """`up` starts the daemons without waiting for the key recorder's Python to start: it hands the
+    worker each key-log FIFO already open. So the moment the worker is spawned, a daemon's open for
+    writing finds a reader (a FIFO without one refuses a non-blocking writer with ENXIO, and blocks
+    charon), and what it writes then is recorded once the worker runs."""
+    import json
+    import os
+
+    from emulator import lab
+    from emulator.keylog import CLOSED_FILE, KEY_PIPE
+    from emulator.plan import default_plan_path, load_plan
+    from emulator.topology import build_topology
+    from netns.registry import Registry
+
+    topo = build_topology(load_plan(default_plan_path())[0])
+    registry = Registry.create(tmp_path / "lab")
+    worker = lab._spawn_key_recorder(registry.directory, topo, registry)
+    try:
+        gw_dir = lab.gateway_dir(registry.directory, topo.gateways[0], 0)
+        fd = os.open(gw_dir / KEY_PIPE, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO while the worker's Python starts
+        os.write(fd, b"12[IKE] <VNet4Local|1> closing CHILD_SA VNet4Local{1} with SPIs c1c1c1c1_i (100 bytes) c2c2c2c2_o "
+                     b"(200 bytes) and TS 10.11.0.0/16 === 10.41.0.0/16\n")
+        os.close(fd)
+        lab._await_worker(registry, worker)
+        deadline = time.monotonic() + 10
+        while not (gw_dir / CLOSED_FILE).exists() or not (gw_dir / CLOSED_FILE).read_text():
+            assert time.monotonic() < deadline, "the line written before the worker ran was not recorded"
+            time.sleep(0.05)
+        (record,) = [json.loads(line) for line in (gw_dir / CLOSED_FILE).read_text().splitlines()]
+        assert (record["spi_in"], record["bytes_in"], record["bytes_out"]) == ("c1c1c1c1", 100, 200)
+    finally:
+        worker.proc.kill()
+        worker.proc.wait()
