@@ -502,16 +502,15 @@ def _spawn_monitor(directory: Path, topo: Topology, registry: Registry) -> _Work
 def _spawn_worker(registry: Registry, what: str, module: str, args: list[str], gated: bool = False,
                   pass_fds: list[int] | None = None) -> _Worker:
     """A long-lived helper of the lab, in the host namespace, journalled by pid. gated: it waits
-    for "go" on its stdin (_await_worker says it); pass_fds: files it inherits. What it says on stderr (a crash's traceback)
-    goes to the lab's workers.log, which `down` removes with the lab."""
+    for "go" on its stdin (_await_worker says it); pass_fds: files it inherits. What it says on
+    stderr (a crash's traceback) goes to the lab's workers.log, which `down` removes with the lab."""
     log = os.open(registry.directory / WORKERS_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         with ops.signals_held():  # it runs in the host namespace: it must be journalled before any interrupt
             proc = subprocess.Popen([sys.executable, "-m", module, *args],
                                     stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=log,
-                                    cwd=WORKER_CWD, pass_fds=pass_fds or (),
-                                    **OUTLIVES_COMMAND)
+                                    cwd=WORKER_CWD, pass_fds=pass_fds or (), **OUTLIVES_COMMAND)
             registry.adopt_process(proc.pid, what)
     finally:
         os.close(log)

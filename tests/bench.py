@@ -95,7 +95,8 @@ def python_imports() -> float:
 def reference(esp: str, seconds: float, dataplane: str = "libipsec", where: str = "gateways",
               shape: str = "plain") -> dict[str, str]:
     """The hand-made tunnel (tests/reference_tunnel.sh): {"up": seconds, "reference": Mbit/s}."""
-    res = subprocess.run(["sh", str(ROOT / "tests" / "reference_tunnel.sh"), esp, str(seconds), dataplane, where, shape],
+    script = ROOT / "tests" / "reference_tunnel.sh"
+    res = subprocess.run(["sh", str(script), esp, str(seconds), dataplane, where, shape],
                          capture_output=True, text=True, timeout=120)
     if res.returncode != 0:
         raise SystemExit(f"reference tunnel failed: {res.stderr[-1000:]}")

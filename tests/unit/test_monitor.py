@@ -139,8 +139,8 @@ def test_a_daemon_writes_its_key_log_before_the_key_recorder_runs_and_nothing_is
     try:
         gw_dir = lab.gateway_dir(registry.directory, topo.gateways[0], 0)
         fd = os.open(gw_dir / KEY_PIPE, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO while the worker's Python starts
-        os.write(fd, b"12[IKE] <VNet4Local|1> closing CHILD_SA VNet4Local{1} with SPIs c1c1c1c1_i (100 bytes) c2c2c2c2_o "
-                     b"(200 bytes) and TS 10.11.0.0/16 === 10.41.0.0/16\n")
+        os.write(fd, b"12[IKE] <VNet4Local|1> closing CHILD_SA VNet4Local{1} with SPIs c1c1c1c1_i (100 bytes) "
+                     b"c2c2c2c2_o (200 bytes) and TS 10.11.0.0/16 === 10.41.0.0/16\n")
         os.close(fd)
         lab._await_worker(registry, worker)
         deadline = time.monotonic() + 10
