@@ -8,8 +8,10 @@ under qemu and runs the kernel-parametrised lab tests:
    cached outside the work tree and rebuilt only when the package list changes;
 2. qemu boots its kernel directly, with no network; the checkout is shared in over virtio-9p at
    the same path, so the host's venv (made with Debian's own /usr/bin/python3) runs unchanged;
-3. KVM is tried first; a nested KVM guest can hang right after the firmware, so a timeout on the
-   guest's first line (a kernel message, or the init's "guest:") falls back to TCG emulation;
+3. KVM is tried first; a nested KVM guest can hang right after the firmware, or qemu can abort at
+   once (a host CPU whose MSRs KVM refuses: "failed to set MSR 0x10a"), so a timeout on the guest's
+   first line (a kernel message, or the init's "guest:"), or qemu's end before it, falls back to
+   TCG emulation;
 4. the guest runs pytest on the kernel tests and reports their summary and exit status on the
    serial console. A kernel test that skips there fails the run (VNETLAB_REQUIRE_KERNEL).
 Exits 0 only when the tests ran and passed; 3 when the guest cannot be had, with the reason.
@@ -121,7 +123,7 @@ def qemu(img: Path, accel: str) -> list[str]:
 
 
 def boot(img: Path, accel: str) -> int | None:
-    """Run the guest; its exit mark's status, or None when KVM hung before the guest's first line."""
+    """Run the guest; its exit mark's status, or None when KVM hung or failed before the guest's first line."""
     started = time.monotonic()
     proc = subprocess.Popen(qemu(img, accel), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
@@ -157,6 +159,10 @@ def boot(img: Path, accel: str) -> int | None:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+    if not booted:
+        print(f"guest: qemu ended under KVM before the guest's first line (exit {proc.returncode}): falling back "
+              "to TCG emulation", flush=True)
+        return None
     print(f"guest: ran {time.monotonic() - started:.0f} s under {accel.upper()}")
     if status is None:
         fail("the guest ended without reporting the tests' exit status (see its console above)", 1)
