@@ -4,7 +4,7 @@ Each resource is journalled (written with one write(2), not buffered) *before* i
 run killed at any point leaves a journal that covers everything it may have made: what write(2)
 returned from is in the kernel's page cache and outlives the process. It is not fsynced: only a
 crash of the machine loses it, and that also ends every namespace and process it names (fsync
-cost 1-2 ms a record where the state directory is on disk, a second of a 300-VNet `up`). Teardown:
+cost 1-2 ms a record where the state directory is on disk; a 300-VNet `up` journals 900). Teardown:
 1. stops the processes the journal names, by pid, after checking the pid still is the process
    that was started (its start time);
 2. stops any process still living inside one of the journalled namespaces (found by the

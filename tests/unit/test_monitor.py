@@ -1,4 +1,5 @@
-"""The supervisor's loop, without daemons: what counts toward its restart limit."""
+"""The lab's helpers without daemons: the supervisor's loop (what counts toward its restart
+limit), the monitor's wait for "go", and the key recorder's hand-off of the daemons' key logs."""
 
 import threading
 import time
