@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from netns.registry import Registry
 from netns.spawn import OUTLIVES_COMMAND, end_with_parent, wait_for_word
 
-from . import interrupts
+from . import importing, interrupts
 from .keylog import KEYS_FILE, IkeKeys
 from .keytables import KeyTables, read_records, tables, write_tables
 from .lab import WORKER_CWD, Lab
@@ -148,7 +148,8 @@ def recorded_messages(lab: Lab, follow: bool = False) -> Iterator[Message]:
     """The lab's IKE conversation since `up`, decoded and decrypted (trace.py); with follow, it
     waits at the end of the recording for more, until interrupted. (trace.py brings scapy and
     cryptography, imported here and not with this module, which `up` loads.)"""
-    from .trace import Tracer, read_pcap
+    with importing():
+        from .trace import Tracer, read_pcap
 
     path = lab.directory / IKE_PCAP
     if not path.exists():

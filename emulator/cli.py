@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __doc__ as PKG_DOC
-from . import interrupts
+from . import importing, interrupts
 from .model import GatewayType, Sku
 from .problems import ExitCode, PlanError, UsageError, VnetlabError
 from .report import plan_summary, print_json, print_plan_summary, print_problems, write_output
@@ -443,7 +443,8 @@ def _graph(args: argparse.Namespace) -> int:
 
 def _lab_command(name: str):
     def run(args: argparse.Namespace) -> int:
-        from . import commands
+        with importing():
+            from . import commands
 
         return getattr(commands, name)(args)
 

@@ -58,6 +58,9 @@ class Executor:
         self.lab = lab
         self.registry = Registry(lab.directory)
         self.initiate_ms = int(initiate_timeout * 1000)
+        # daemons this executor started and saw answer: a later run (up runs in parts) need not ask
+        # them again (one vici session each, 300 of them in a 300-VNet up)
+        self._started: set[str] = set()
 
     def run(self, actions: list[Action], state: LiveState) -> LiveState:
         """A Ctrl-C or SIGTERM stops the run before its next action (interrupts.deferred), never
@@ -90,7 +93,7 @@ class Executor:
         for a in actions:
             if isinstance(a, SetPath):
                 impair.require_support(a.conditions)
-        starting = {a.gateway for a in actions if isinstance(a, StartDaemon)}
+        starting = {a.gateway for a in actions if isinstance(a, StartDaemon)} | self._started
         stopping = {a.gateway for a in actions if isinstance(a, StopDaemon)}
         talked_to = {a.gateway for a in actions if isinstance(a, (Terminate, Unload, Load, Initiate))}
         for name in sorted(talked_to - starting - stopping):
@@ -139,6 +142,7 @@ class Executor:
         gw = self.lab.topology.gateway(a.gateway)
         directory = self.lab.gw_dir(gw)
         if isinstance(a, StopDaemon):
+            self._started.discard(gw.name)
             self.registry.stop(f"charon {gw.name}")
         elif isinstance(a, WriteConfig):
             write_rendered([render_gateway(gw, directory, self.lab.dataplane, keylog=True)])
@@ -146,6 +150,7 @@ class Executor:
             proc = gateways.start_charon(gw.netns, directory, self.lab.directory)
             self.registry.adopt_process(proc.pid, f"charon {gw.name}")
             gateways.wait_ready(directory, proc, time.monotonic() + 10)
+            self._started.add(gw.name)
         elif isinstance(a, Terminate):
             gateways.terminate(directory, a.conn)
         elif isinstance(a, Unload):

@@ -35,9 +35,9 @@ from .plan import LAB_RE, LAB_RULE, parse_plan_text, read_plan_file
 from .model import PathConditions, Plan, SharedKey
 from .problems import EnvironmentProblem, Problem, UsageError
 from .keylog import KEY_PIPE
-from .render import write_private
+from .render import compile_templates, write_private
 from .executor import Executor, lane, read_snapshot
-from .reconcile import Action, Initiate, LiveState, StartDaemon, StopDaemon, WriteConfig, desired_state, diff
+from .reconcile import Action, Initiate, LiveState, Load, StartDaemon, StopDaemon, WriteConfig, desired_state, diff
 from .topology import GatewayNode, Route, Topology, build_topology
 
 PLAN_COPY = "plan.yaml"
@@ -46,7 +46,7 @@ CHANGES = "changes.json"
 LOCK = "lock"
 LIBIPSEC_PLUGIN = Path("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so")
 LINKS_DOWN = "links-down.json"  # gateways whose backbone link is down (workers/monitor.py keeps it)
-# Workers run as `python -m emulator.workers.…` from here, so the installed package is what runs,
+# Workers run as `python -m emulator.workers NAME` from here, so the installed package is what runs,
 # never an `emulator` folder that happens to be in the caller's working directory.
 WORKER_CWD = "/"
 WORKERS_LOG = "workers.log"
@@ -287,18 +287,20 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
             # the helpers start first: their Python starts on another core while the lab is built
             key_recorder = _spawn_key_recorder(directory, topo, registry)
             monitor = _spawn_monitor(directory, topo, registry)
-            _make_namespaces(topo, registry, check)
-            chosen = choose_dataplane(dataplane, topo.backbone)
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pool.submit(compile_templates)  # Python's work, while the kernel's makes the namespaces
+                chosen = _make_namespaces(topo, registry, check, dataplane)
             created = datetime.now(timezone.utc).isoformat(timespec="seconds")
             (directory / LAB_META).write_text(json.dumps({"name": plan.name, "dataplane": chosen, "created": created,
                                                           "sku_limit": sku_limit}))
             lab = Lab(directory, plan, topo, chosen, created, sku_limit)
             # up is apply(desired, nothing), in three parts. The daemons need only their namespaces,
-            # so they are started first and boot while a thread builds the links (the executor's
-            # wait for their vici sockets leaves it the interpreter); the routes and caps need the
-            # links, and the event monitor must listen before the first initiate.
+            # so they are started and loaded with their keys and connections while a thread builds
+            # the links (the executor's wait for their vici sockets leaves it the interpreter); the
+            # routes and caps need the links, and the event monitor must listen before the first
+            # initiate.
             actions = diff(LiveState(), desired(lab), topo)
-            booting = (WriteConfig, StartDaemon)
+            booting = (WriteConfig, StartDaemon, Load)
             executor = Executor(lab, initiate_timeout=timeout)
             with ThreadPoolExecutor(max_workers=2) as pool:
                 links = pool.submit(_build_links, topo, check)
@@ -322,15 +324,25 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
     return UpResult(lab, warnings, time.monotonic() - started)
 
 
-def _make_namespaces(topo: Topology, registry: Registry, check: Callable[[], None]) -> None:
-    """Every namespace of the lab, journalled, with its sysctls. `check` runs between namespaces:
-    an interrupt stops the build there."""
-    for ns in topo.namespaces:
+def _make_namespaces(topo: Topology, registry: Registry, check: Callable[[], None], dataplane: str) -> str:
+    """Every namespace of the lab, journalled, with its sysctls; returns the data plane chosen
+    (choose_dataplane). It is probed in the backbone, made first, while the others are made (the
+    probe is a child process: 5-10 ms). `check` runs between namespaces: an interrupt stops the
+    build there."""
+    def make(ns: str) -> None:
         check()
         registry.create_netns(ns)
         # classic VNets are IPv4: no IPv6 link-local chatter on lab links (and in backbone captures)
         ops.set_sysctls(ns, {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1",
                              **({"net.ipv4.ip_forward": "1"} if ns in topo.forwarding else {})})
+
+    make(topo.backbone)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        probe = pool.submit(choose_dataplane, dataplane, topo.backbone)
+        for ns in topo.namespaces:
+            if ns != topo.backbone:
+                make(ns)
+        return probe.result()
 
 
 def _build_links(topo: Topology, check: Callable[[], None]) -> None:
@@ -483,7 +495,7 @@ def _spawn_key_recorder(directory: Path, topo: Topology, registry: Registry) -> 
             gw_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.mkfifo(gw_dir / KEY_PIPE, 0o600)
             fds.append(os.open(gw_dir / KEY_PIPE, os.O_RDWR | os.O_NONBLOCK))
-        return _spawn_worker(registry, "key recorder", "emulator.workers.keylog",
+        return _spawn_worker(registry, "key recorder", "keylog",
                              [f"{gw.name}={d}={fd}" for gw, d, fd in zip(topo.gateways, dirs, fds)], pass_fds=fds)
     finally:
         for fd in fds:
@@ -494,12 +506,12 @@ def _spawn_monitor(directory: Path, topo: Topology, registry: Registry) -> _Work
     """The event recorder (workers/monitor.py), in the host namespace: it only talks to the vici
     sockets. Started with the build, it waits for "go" on its stdin (the daemons run then) before
     it listens. It exits by itself when the daemons go; `down` also stops it by its journalled pid."""
-    return _spawn_worker(registry, "event monitor", "emulator.workers.monitor",
+    return _spawn_worker(registry, "event monitor", "monitor",
                          [str(directory), *(f"{gw.name}={gw.netns}={gateway_dir(directory, gw, i)}"
                                             for i, gw in enumerate(topo.gateways))], gated=True)
 
 
-def _spawn_worker(registry: Registry, what: str, module: str, args: list[str], gated: bool = False,
+def _spawn_worker(registry: Registry, what: str, name: str, args: list[str], gated: bool = False,
                   pass_fds: list[int] | None = None) -> _Worker:
     """A long-lived helper of the lab, in the host namespace, journalled by pid. gated: it waits
     for "go" on its stdin (_await_worker says it); pass_fds: files it inherits. What it says on
@@ -507,7 +519,7 @@ def _spawn_worker(registry: Registry, what: str, module: str, args: list[str], g
     log = os.open(registry.directory / WORKERS_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         with ops.signals_held():  # it runs in the host namespace: it must be journalled before any interrupt
-            proc = subprocess.Popen([sys.executable, "-m", module, *args],
+            proc = subprocess.Popen([sys.executable, "-m", "emulator.workers", name, *args],
                                     stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=log,
                                     cwd=WORKER_CWD, pass_fds=pass_fds or (), **OUTLIVES_COMMAND)

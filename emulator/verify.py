@@ -211,8 +211,8 @@ def during_checks(lab: Lab, timeout: float) -> list[Check]:
     return checks
 
 
-def _python_in(ns: str, module: str, *args: str) -> list[str]:
-    return ["ip", "netns", "exec", ns, sys.executable, "-m", module, *args]
+def _python_in(ns: str, worker: str, *args: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, sys.executable, "-m", "emulator.workers", worker, *args]
 
 
 class Workers:
@@ -330,7 +330,7 @@ def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: fl
     try:
         links = [f"{v.if_a}={gw.name}={v.addr_b.ip}" for gw in lab.topology.gateways
                  for v in [lab.topology.backbone_link(gw)]]
-        capture = workers.start(_python_in(lab.topology.backbone, "emulator.workers.capture", *links),
+        capture = workers.start(_python_in(lab.topology.backbone, "capture", *links),
                                 "backbone capture")
         _wait_ready(capture, "the backbone capture")
         routers = {r.ns: str(r.via) for r in lab.topology.routes if r.dst.prefixlen == 0 and r.via}
@@ -351,7 +351,7 @@ def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: fl
                                "dst": str(p.dst.address), "port": p.port, "nonce": nonces[p.id],
                                "expect_reply": p.expect_reply} for p in probes],
                    "mtu": [m.request() for m in searches]}
-        engine = workers.start([sys.executable, "-m", "emulator.workers.prober"], "probe engine")
+        engine = workers.start([sys.executable, "-m", "emulator.workers", "prober"], "probe engine")
         rounds = timeout + retries * RETRY_WAIT + len(probes) * (1 + retries) / 500
         out, err = _answer(engine, json.dumps(request), rounds + 60, "the probe engine")
         if engine.returncode != 0:

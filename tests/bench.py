@@ -116,20 +116,26 @@ def gateway_iperf(lab: str, seconds: int) -> float:
         server.wait(timeout=30)
 
 
+ROUNDS = 5
+
+
 def throughput(results: dict) -> None:
     """The lab's tunnel (no SKU cap) against the hand-made one, like for like and interleaved,
-    3 rounds, medians: host to host (what `verify --throughput` measures, a host behind each
-    gateway) against the reference with hosts, and gateway to gateway against the reference's
-    gateways. Also the reference with hosts in the default plan's shape (reference_tunnel.sh
-    like-lab: a router between the gateways, two prefixes a side). On a 2-core machine single runs
-    scatter by +-15 %, hence rounds and medians."""
+    ROUNDS rounds: host to host (what `verify --throughput` measures, a host behind each gateway)
+    against the reference with hosts, and gateway to gateway against the reference's gateways.
+    Also the reference with hosts in the default plan's shape (reference_tunnel.sh like-lab: a
+    router between the gateways, two prefixes a side). On a 2-core machine single runs scatter by
+    +-15 % and the machine drifts by as much within minutes, hence medians, and also each round's
+    own ratio (the lab against the reference run right after it): their median and spread."""
     lab_hosts, lab_gws, ref_hosts, ref_gws, ref_like, bare = [], [], [], [], [], []
+    paired: dict[str, list[float]] = {"reference": [], "like_lab_reference": []}
     dataplane = cipher = None
-    for _ in range(3):
+    for _ in range(ROUNDS):
         run("up", "--name", "bench-tput", "--no-sku-limit")
         _, data = run_json("verify", "--name", "bench-tput", "--throughput", "--json")
         tput = [c for c in data["checks"] if c["kind"] == "throughput"]
-        lab_hosts += [c["mbps"] for c in tput if "TestVNet" in c["src"]]
+        round_lab = [c["mbps"] for c in tput if "TestVNet" in c["src"]]  # both directions
+        lab_hosts += round_lab
         bare += [c["mbps"] for c in tput if "TestVNet" not in c["src"]]
         dataplane = data["dataplane"]
         cipher = next(c["detail"].split("cipher ")[1].split(",")[0] for c in tput if "cipher" in c["detail"])
@@ -138,6 +144,8 @@ def throughput(results: dict) -> None:
         ref_hosts.append(float(reference("aes256gcm16", 3, dataplane, "hosts")["reference"]))
         ref_gws.append(float(reference("aes256gcm16", 3, dataplane, "gateways")["reference"]))
         ref_like.append(float(reference("aes256gcm16", 3, dataplane, "hosts", "like-lab")["reference"]))
+        paired["reference"].append(statistics.mean(round_lab) / ref_hosts[-1])
+        paired["like_lab_reference"].append(statistics.mean(round_lab) / ref_like[-1])
     results["dataplane"] = dataplane
     results["tunnel_cipher"] = cipher
     results["tunnel_mbps_no_cap"] = statistics.median(lab_hosts)
@@ -149,6 +157,9 @@ def throughput(results: dict) -> None:
     # the same hand-made tunnel in the default plan's shape: a router between the gateways, two prefixes a side
     results["reference_hosts_like_lab_aes256gcm16_mbps"] = statistics.median(ref_like)
     results["tunnel_over_like_lab_reference"] = round(results["tunnel_mbps_no_cap"] / statistics.median(ref_like), 2)
+    for what, ratios in paired.items():  # each round's own ratio: median, lowest, highest
+        results[f"tunnel_over_{what}_per_round"] = [round(statistics.median(ratios), 2), round(min(ratios), 2),
+                                                    round(max(ratios), 2)]
     results["gateway_tunnel_mbps_no_cap"] = statistics.median(lab_gws)
     results["reference_aes256gcm16_mbps"] = statistics.median(ref_gws)
     results["gateway_tunnel_over_reference"] = round(statistics.median(lab_gws) / statistics.median(ref_gws), 2)

@@ -135,6 +135,3 @@ def main() -> None:
                "nonce_leaks": leaks[:20], "nonce_leak_count": len(leaks), "pcaps": pcaps,
                "blind_links": [gw for iface, gw, _addr in links if iface not in canaries]}, sys.stdout)
 
-
-if __name__ == "__main__":
-    main()

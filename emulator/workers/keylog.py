@@ -62,6 +62,3 @@ def main() -> None:
                 if mine:
                     os.write(out[kind], "".join(json.dumps(r.to_json()) + "\n" for r in mine).encode())
 
-
-if __name__ == "__main__":
-    main()

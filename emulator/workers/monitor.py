@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from emulator import gateways  # vici only: the heavier modules (pyroute2) load after "ready"
+from emulator import gateways, importing  # vici only: the heavier modules (pyroute2) load after "ready"
 from emulator.events import record_event
 from netns.spawn import open_files_to_hard_limit, signals_unblocked
 
@@ -312,9 +312,10 @@ def main() -> None:
     print("ready", flush=True)
     sys.stdout.close()
     # after "ready": their pyroute2 import (0.15 s) would hold the listeners, and `up` with them
-    import emulator.lab  # noqa: F401 - loaded here, in one thread (see _loaded)
-    import emulator.reconcile  # noqa: F401
-    import netns.ops  # noqa: F401
+    with importing():
+        import emulator.lab  # noqa: F401 - loaded here, in one thread (see _loaded)
+        import emulator.reconcile  # noqa: F401
+        import netns.ops  # noqa: F401
 
     _loaded.set()
     links = threading.Thread(target=watch_links, args=(lab_dir, {n: ns for n, ns, _d in specs}), daemon=True)
@@ -325,6 +326,3 @@ def main() -> None:
     for t in [*threads, links, health]:
         t.join()
 
-
-if __name__ == "__main__":
-    main()

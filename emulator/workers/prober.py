@@ -396,6 +396,3 @@ def main() -> None:
                "unresolved": unresolved,
                "drops": {h.ns: h.drops for h in engine.hosts.values() if h.drops}, "seconds": phases}, sys.stdout)
 
-
-if __name__ == "__main__":
-    main()
