@@ -35,7 +35,7 @@ from .plan import LAB_RE, LAB_RULE, parse_plan_text, read_plan_file
 from .model import PathConditions, Plan, SharedKey
 from .problems import EnvironmentProblem, Problem, UsageError
 from .keylog import KEY_PIPE
-from .render import compile_templates, write_private
+from .render import write_private
 from .executor import Executor, lane, read_snapshot
 from .reconcile import Action, Initiate, LiveState, Load, StartDaemon, StopDaemon, WriteConfig, desired_state, diff
 from .topology import GatewayNode, Route, Topology, build_topology
@@ -287,9 +287,7 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
             # the helpers start first: their Python starts on another core while the lab is built
             key_recorder = _spawn_key_recorder(directory, topo, registry)
             monitor = _spawn_monitor(directory, topo, registry)
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                pool.submit(compile_templates)  # Python's work, while the kernel's makes the namespaces
-                chosen = _make_namespaces(topo, registry, check, dataplane)
+            chosen = _make_namespaces(topo, registry, check, dataplane)
             created = datetime.now(timezone.utc).isoformat(timespec="seconds")
             (directory / LAB_META).write_text(json.dumps({"name": plan.name, "dataplane": chosen, "created": created,
                                                           "sku_limit": sku_limit}))

@@ -60,12 +60,6 @@ def _template(name: str) -> jinja2.Template:
         return _env.get_template(f"{name}.j2")
 
 
-def compile_templates() -> None:
-    """Compile the templates now (`up` does it in a thread while the kernel makes its namespaces)."""
-    for name in FILES:
-        _template(name)
-
-
 @dataclass(frozen=True)
 class RenderedGateway:
     gateway: GatewayNode
