@@ -134,4 +134,3 @@ def main() -> None:
                "violations": violations[:20], "violation_count": len(violations),
                "nonce_leaks": leaks[:20], "nonce_leak_count": len(leaks), "pcaps": pcaps,
                "blind_links": [gw for iface, gw, _addr in links if iface not in canaries]}, sys.stdout)
-

@@ -61,4 +61,3 @@ def main() -> None:
                 mine = [r for r in records if (kind == "closed") == isinstance(r, ClosedSa)]
                 if mine:
                     os.write(out[kind], "".join(json.dumps(r.to_json()) + "\n" for r in mine).encode())
-

@@ -325,4 +325,3 @@ def main() -> None:
     health.start()
     for t in [*threads, links, health]:
         t.join()
-

@@ -395,4 +395,3 @@ def main() -> None:
     json.dump({"answered": sorted(engine.answered), "refused": engine.refused, "attempts": engine.attempts, "mtu": mtu,
                "unresolved": unresolved,
                "drops": {h.ns: h.drops for h in engine.hosts.values() if h.drops}, "seconds": phases}, sys.stdout)
-
