@@ -12,7 +12,7 @@ from typing import Callable
 
 import yaml
 
-from . import configs_dir
+from . import configs_dir, importing
 from . import lab as labmod
 from . import workflow
 from .capture import recorded_messages
@@ -298,8 +298,9 @@ def _mtu(n: Narrator, name: str, ike: int, plan_path: Path) -> None:
 def _nat(n: Narrator, name: str, ike: int, plan_path: Path) -> None:
     """An on-premises VPN device behind a masquerading NAT: IKE detects it and moves to UDP 4500,
     and only the NAT's public address, in UDP 4500, appears on the backbone."""
-    from scapy.layers.inet import IP, UDP
-    from scapy.utils import rdpcap
+    with importing():
+        from scapy.layers.inet import IP, UDP
+        from scapy.utils import rdpcap
 
     data = yaml.safe_load(_variant(configs_dir() / "plans" / "vnet-to-vnet-plus-onprem.yaml", ike,
                                    plan_path).read_text())
