@@ -39,6 +39,7 @@ from .render import write_private
 from .executor import Executor, lane, read_snapshot
 from .reconcile import Action, Initiate, LiveState, Load, StartDaemon, StopDaemon, WriteConfig, desired_state, diff
 from .topology import GatewayNode, Route, Topology, build_topology
+from .workers import command as worker_command
 
 PLAN_COPY = "plan.yaml"
 LAB_META = "lab.json"
@@ -517,7 +518,7 @@ def _spawn_worker(registry: Registry, what: str, name: str, args: list[str], gat
     log = os.open(registry.directory / WORKERS_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         with ops.signals_held():  # it runs in the host namespace: it must be journalled before any interrupt
-            proc = subprocess.Popen([sys.executable, "-m", "emulator.workers", name, *args],
+            proc = subprocess.Popen(worker_command(name, *args),
                                     stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=log,
                                     cwd=WORKER_CWD, pass_fds=pass_fds or (), **OUTLIVES_COMMAND)

@@ -23,7 +23,6 @@ import json
 import math
 import secrets
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -40,6 +39,7 @@ from .model import UserCheck
 from .problems import EnvironmentProblem, UsageError
 from .status import ConnectionStatus, collect, expected_up
 from .topology import Host
+from .workers import command as worker_command
 
 PROTOS = ("icmp", "tcp", "udp")
 RESPONDER_PORT = 7777  # where every test host answers the derived TCP and UDP probes
@@ -212,7 +212,7 @@ def during_checks(lab: Lab, timeout: float) -> list[Check]:
 
 
 def _python_in(ns: str, worker: str, *args: str) -> list[str]:
-    return ["ip", "netns", "exec", ns, sys.executable, "-m", "emulator.workers", worker, *args]
+    return ["ip", "netns", "exec", ns, *worker_command(worker, *args)]
 
 
 class Workers:
@@ -351,7 +351,7 @@ def run_probes(lab: Lab, probes: list[Probe], pcap_dir: Path | None, timeout: fl
                                "dst": str(p.dst.address), "port": p.port, "nonce": nonces[p.id],
                                "expect_reply": p.expect_reply} for p in probes],
                    "mtu": [m.request() for m in searches]}
-        engine = workers.start([sys.executable, "-m", "emulator.workers", "prober"], "probe engine")
+        engine = workers.start(worker_command("prober"), "probe engine")
         rounds = timeout + retries * RETRY_WAIT + len(probes) * (1 + retries) / 500
         out, err = _answer(engine, json.dumps(request), rounds + 60, "the probe engine")
         if engine.returncode != 0:

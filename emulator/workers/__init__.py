@@ -1,7 +1,18 @@
-"""Programs that verify runs as their own processes, talking JSON over stdin/stdout.
+"""The lab's helper programs, each its own process: the key recorder and the event monitor that
+`up` starts, and the backbone capture and probe engine that verify runs (talking JSON over
+stdin/stdout). Each starts through `command()` (emulator/workers/__main__.py).
 
 scapy reads interfaces and routes once, at import, from the namespace it starts in. The backbone
 capture is started inside the backbone namespace (`ip netns exec NS python -m …`). The probe engine
 starts in the host namespace, never sends from it, and opens its sockets inside each lab namespace
 (setns): it gives scapy only packets to build and dissect, never an interface or a route to look up.
 """
+
+import sys
+
+NAMES = ("capture", "keylog", "monitor", "prober")
+
+
+def command(name: str, *args: str) -> list[str]:
+    """The argv that starts helper `name` with `args` (python -m emulator.workers NAME ARGS…)."""
+    return [sys.executable, "-m", "emulator.workers", name, *args]

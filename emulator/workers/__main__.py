@@ -6,8 +6,7 @@ import importlib
 import sys
 
 from emulator import importing
-
-NAMES = ("capture", "keylog", "monitor", "prober")
+from emulator.workers import NAMES
 
 if len(sys.argv) < 2 or sys.argv[1] not in NAMES:
     sys.exit(f"usage: python -m emulator.workers {{{','.join(NAMES)}}} ARGS…")

@@ -110,11 +110,12 @@ def test_the_monitor_waits_for_go_and_an_up_that_ended_before_leaves_it_nothing_
     `up` that ended before (its pipe closed, no "go") leaves nothing to watch: the monitor exits at
     once, listens to no daemon, and says nothing."""
     import subprocess
-    import sys
+
+    from emulator.workers import command
 
     gw = tmp_path / "TestVNet1"
     gw.mkdir()
-    done = subprocess.run([sys.executable, "-m", "emulator.workers", "monitor", str(tmp_path), f"TestVNet1=ns={gw}"],
+    done = subprocess.run(command("monitor", str(tmp_path), f"TestVNet1=ns={gw}"),
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     assert not (tmp_path / "events.jsonl").exists()

@@ -3,9 +3,9 @@ and the one way helpers start (python -m emulator.workers NAME)."""
 
 import gc
 import subprocess
-import sys
 
 from emulator import importing
+from emulator.workers import command
 
 
 def test_modules_load_without_the_collector_and_are_frozen_out_of_its_passes():
@@ -32,7 +32,7 @@ def test_a_collector_that_was_off_stays_off():
 
 
 def test_a_helper_that_does_not_exist_is_named_with_the_ones_that_do():
-    done = subprocess.run([sys.executable, "-m", "emulator.workers", "nonesuch"], capture_output=True, text=True,
+    done = subprocess.run(command("nonesuch"), capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 1
     assert "usage: python -m emulator.workers {capture,keylog,monitor,prober}" in done.stderr
