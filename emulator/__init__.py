@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
 
+TYPE_CHECKING = False  # as typing's, which is no light import: `up` starts its netlink worker first (entry.py)
 if TYPE_CHECKING:
     from pathlib import Path
 

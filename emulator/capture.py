@@ -24,9 +24,10 @@ from netns.spawn import OUTLIVES_COMMAND, end_with_parent, wait_for_word
 from . import importing, interrupts
 from .keylog import KEYS_FILE, IkeKeys
 from .keytables import KeyTables, read_records, tables, write_tables
-from .lab import WORKER_CWD, Lab
+from .lab import Lab
 from .problems import EnvironmentProblem, UsageError
 from .topology import GatewayNode
+from .workers import CWD as WORKER_CWD
 
 if TYPE_CHECKING:
     from .trace import Message

@@ -6,12 +6,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __doc__ as PKG_DOC
 from . import importing, interrupts
 from .model import GatewayType, Sku
 from .problems import ExitCode, PlanError, UsageError, VnetlabError
 from .report import plan_summary, print_json, print_plan_summary, print_problems, write_output
+
+if TYPE_CHECKING:
+    from .netlink import NetlinkWorker
 
 EPILOG = """exit codes: 0 success, 1 a check failed (tunnel not up, probe failed), 2 bad input
 (plan, file, arguments), 3 the environment lacks something (not root, strongSwan missing, no lab).
@@ -112,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sku-limit", action="store_true",
                    help="do not emulate the gateway SKU's bandwidth (100 Mbit/s Basic/Standard, 200 HighPerformance)")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(netlink=None)  # the netlink worker entry.py started for it, if any
 
     p = cmd("status", "connection state of every gateway, like Get-AzureVNetConnection",
             "Per gateway and connection: ConnectivityState (Connected, Connecting, NotConnected), bytes in "
@@ -309,12 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, netlink: NetlinkWorker | None = None) -> int:
+    """netlink: `up`'s netlink worker, if the caller started it (entry.py)."""
     try:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
         print("vnetlab: interrupted", file=sys.stderr)
         return 130
+    if netlink is not None:
+        args.netlink = netlink
     try:
         return int(HANDLERS[args.command](args))
     except PlanError as exc:

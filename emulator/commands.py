@@ -50,7 +50,7 @@ def _failures(lab: labmod.Lab, rows: list[ConnectionStatus]) -> list[ConnectionS
 
 def up(args: argparse.Namespace) -> int:
     result = labmod.up(args.plan, args.name, args.dataplane, args.timeout, args.keep_on_error,
-                       sku_limit=not args.no_sku_limit, reuse=args.reuse)
+                       sku_limit=not args.no_sku_limit, reuse=args.reuse, netlink=args.netlink)
     print_problems(result.warnings)
     if result.reused:
         print(f"lab '{result.lab.name}' is already running, built from this plan: reusing it "

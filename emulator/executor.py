@@ -15,9 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from itertools import groupby
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from netns import ops
 from netns.registry import Registry
 
 from . import gateways, impair, interrupts
@@ -26,6 +25,11 @@ from .reconcile import (Action, AddRoute, DelRoute, Initiate, LiveState, Load, S
                         StartDaemon, StopDaemon, Terminate, Unload, WriteConfig)
 from .render import render_gateway, write_private, write_rendered
 from .swanconf import read_gateway_config
+
+if TYPE_CHECKING:
+    from netns.ops import Namespace
+
+    from .netlink import NetlinkWorker
 
 SNAPSHOT = "applied.json"
 NETLINK = (SetLink, DelRoute, AddRoute, SetRate, SetPath, SetClamp)  # consecutive phases, run in one namespace socket
@@ -54,24 +58,36 @@ class Executor:
     directories, data plane). Within one phase, different gateways and namespaces proceed in
     parallel; one gateway's or namespace's actions run in order."""
 
-    def __init__(self, lab, initiate_timeout: float = 5.0):
+    def __init__(self, lab, initiate_timeout: float = 5.0, netlink: NetlinkWorker | None = None):
+        """netlink: the worker that carries out the netlink actions (`up`'s); without one, they
+        run in this process."""
         self.lab = lab
+        self.netlink = netlink
         self.registry = Registry(lab.directory)
         self.initiate_ms = int(initiate_timeout * 1000)
         # daemons this executor started and saw answer: a later run (up runs in parts) need not ask
         # them again (one vici session each, 300 of them in a 300-VNet up)
         self._started: set[str] = set()
 
-    def run(self, actions: list[Action], state: LiveState) -> LiveState:
+    def run(self, actions: list[Action], state: LiveState, at_once: bool = False,
+            links: Callable[[], object] | None = None) -> LiveState:
         """A Ctrl-C or SIGTERM stops the run before its next action (interrupts.deferred), never
-        inside one: the snapshot then holds what the actions done so far made."""
+        inside one: the snapshot then holds what the actions done so far made.
+        at_once: the actions run as one batch, whatever their phases: their lanes in parallel, each
+        lane in order. For lanes that need nothing of each other: in `up`, a daemon's boot needs
+        only its namespace, and a namespace's routes and caps only its links.
+        links: what each lane of netlink actions waits for before its first (`up`'s links)."""
         with interrupts.deferred() as check:
-            return self._run(actions, state, check)
+            return self._run(actions, state, check, at_once, links)
 
-    def _run(self, actions: list[Action], state: LiveState, check: Callable[[], None]) -> LiveState:
+    def _run(self, actions: list[Action], state: LiveState, check: Callable[[], None], at_once: bool,
+             links: Callable[[], object] | None) -> LiveState:
         self._preflight(actions, state)
         # the netlink phases run as one batch: one socket per namespace for its links, routes and caps
-        for _phase, group in groupby(actions, key=lambda a: -1 if isinstance(a, NETLINK) else a.phase):
+        def batch_of(a: Action) -> int:
+            return 0 if at_once else -1 if isinstance(a, NETLINK) else a.phase
+
+        for _phase, group in groupby(actions, key=batch_of):
             batch = list(group)
             ahead = state
             for a in batch:
@@ -80,7 +96,7 @@ class Executor:
                 write_snapshot(self.lab.directory, ahead)
             done: list[Action] = []
             try:
-                self._run_batch(batch, done, check)
+                self._run_batch(batch, done, check, links)
             finally:
                 for a in done:
                     state = a.after(state)
@@ -102,17 +118,20 @@ class Executor:
     def _dir(self, name: str) -> Path:
         return self.lab.gw_dir(self.lab.topology.gateway(name))
 
-    def _run_batch(self, batch: list[Action], done: list[Action], check: Callable[[], None]) -> None:
+    def _run_batch(self, batch: list[Action], done: list[Action], check: Callable[[], None],
+                   links: Callable[[], object] | None) -> None:
         lanes: dict[str, list[Action]] = {}
         for a in batch:
             lanes.setdefault(lane(a), []).append(a)
 
         def run_lane(actions: list[Action]) -> None:
             if isinstance(actions[0], NETLINK):
-                with ops.Namespace(lane(actions[0])) as n:
+                if links:
+                    links()
+                with self._namespace(lane(actions[0])) as n:
                     for a in actions:
                         check()
-                        self._step(a, lambda a=a: _netlink(n, a))
+                        self._step(a, lambda a=a: self._netlink(n, a))
                         done.append(a)
             else:
                 for a in actions:
@@ -134,6 +153,33 @@ class Executor:
             self._journal(a, f"failed: {exc}")
             raise
         self._journal(a, "done")
+
+    def _namespace(self, ns: str) -> Namespace:
+        if self.netlink:
+            return self.netlink.namespace(ns)
+        from netns.ops import Namespace  # pyroute2 loads only in a command that needs it here
+
+        return Namespace(ns)
+
+    def _netlink(self, n: Namespace, a: Action) -> None:
+        if isinstance(a, AddRoute):
+            n.add_route(a.route.dst, a.route.via, a.route.prohibit)
+        elif isinstance(a, DelRoute):
+            n.del_route(a.route.dst, a.route.via, a.route.prohibit)
+        elif isinstance(a, SetLink):
+            n.set_state("bb", a.up)
+        elif isinstance(a, SetPath):
+            impair.apply(n, a.conditions)
+            if a.delay_at:
+                with self._namespace(a.delay_at[0]) as far:
+                    impair.delay(far, a.delay_at[1], a.conditions)
+        elif isinstance(a, SetClamp):
+            impair.clamp(n, a.mss)
+        elif isinstance(a, SetRate):
+            if a.mbps:
+                n.limit_rate("bb", a.mbps)
+            else:
+                n.clear_root_qdisc("bb")
 
     def _journal(self, a: Action, outcome: str) -> None:
         append_timestamped(self.lab.directory / ACTIONS_LOG, {"action": a.describe(), "outcome": outcome})
@@ -177,23 +223,3 @@ def lane(a: Action) -> str:
         return a.ns
     return a.gateway
 
-
-def _netlink(n: ops.Namespace, a: Action) -> None:
-    if isinstance(a, AddRoute):
-        n.add_route(a.route.dst, a.route.via, a.route.prohibit)
-    elif isinstance(a, DelRoute):
-        n.del_route(a.route.dst, a.route.via, a.route.prohibit)
-    elif isinstance(a, SetLink):
-        n.set_state("bb", a.up)
-    elif isinstance(a, SetPath):
-        impair.apply(n, a.conditions)
-        if a.delay_at:
-            with ops.Namespace(a.delay_at[0]) as far:
-                impair.delay(far, a.delay_at[1], a.conditions)
-    elif isinstance(a, SetClamp):
-        impair.clamp(n, a.mss)
-    elif isinstance(a, SetRate):
-        if a.mbps:
-            n.limit_rate("bb", a.mbps)
-        else:
-            n.clear_root_qdisc("bb")

@@ -14,13 +14,15 @@ from __future__ import annotations
 import os
 import subprocess
 from functools import cache
+from typing import TYPE_CHECKING
 
-from pyroute2.netlink.exceptions import NetlinkError
-
-from netns import ops
+from netns import nsfs
 
 from .model import PathConditions
 from .problems import EnvironmentProblem
+
+if TYPE_CHECKING:
+    from netns.ops import Namespace
 
 TABLE = "vnetlab_path"
 CLAMP_TABLE = "vnetlab_mss"
@@ -74,31 +76,33 @@ def require_support(c: PathConditions) -> None:
 @cache
 def netem_available() -> bool:
     """Tried once per command, in a throwaway namespace removed at once."""
+    from netns.ops import Namespace, NetlinkError  # pyroute2: only a command that asks for delay loads it
+
     probe = f"vnetlab-netem-{os.getpid()}"
-    ops.create(probe)
+    nsfs.create(probe)
     try:
-        with ops.Namespace(probe) as n:
+        with Namespace(probe) as n:
             n.delay("lo", 1, 0)
         return True
     except NetlinkError:
         return False
     finally:
-        ops.remove(probe)
+        nsfs.remove(probe)
 
 
-def apply(n: ops.Namespace, c: PathConditions, ifname: str = "bb") -> None:
+def apply(n: Namespace, c: PathConditions, ifname: str = "bb") -> None:
     n.set_mtu(ifname, c.mtu or DEFAULT_MTU)
     _nft(n.name, nft_script(c, ifname), "the path conditions")
 
 
-def delay(n: ops.Namespace, ifname: str, c: PathConditions) -> None:
+def delay(n: Namespace, ifname: str, c: PathConditions) -> None:
     if c.delay_ms:
         n.delay(ifname, c.delay_ms, c.jitter_ms)
     else:
         n.clear_root_qdisc(ifname)
 
 
-def clamp(n: ops.Namespace, mss: int | None) -> None:
+def clamp(n: Namespace, mss: int | None) -> None:
     _nft(n.name, clamp_script(mss), "the TCP MSS clamp")
 
 

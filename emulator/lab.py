@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -25,7 +26,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Callable, Iterator
 
-from netns import ops
+from netns import nsfs
 from netns.registry import Registry, read_jsonl
 from netns.spawn import OUTLIVES_COMMAND, wait_for_word
 
@@ -37,9 +38,10 @@ from .problems import EnvironmentProblem, Problem, UsageError
 from .keylog import KEY_PIPE
 from .render import write_private
 from .executor import Executor, lane, read_snapshot
-from .reconcile import Action, Initiate, LiveState, Load, StartDaemon, StopDaemon, WriteConfig, desired_state, diff
+from .netlink import Call, NetlinkWorker
+from .reconcile import Action, Initiate, LiveState, StopDaemon, desired_state, diff
 from .topology import GatewayNode, Route, Topology, build_topology
-from .workers import command as worker_command
+from .workers import CWD as WORKER_CWD, command as worker_command
 
 PLAN_COPY = "plan.yaml"
 LAB_META = "lab.json"
@@ -47,9 +49,6 @@ CHANGES = "changes.json"
 LOCK = "lock"
 LIBIPSEC_PLUGIN = Path("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so")
 LINKS_DOWN = "links-down.json"  # gateways whose backbone link is down (workers/monitor.py keeps it)
-# Workers run as `python -m emulator.workers NAME` from here, so the installed package is what runs,
-# never an `emulator` folder that happens to be in the caller's working directory.
-WORKER_CWD = "/"
 WORKERS_LOG = "workers.log"
 WORKER_READY_S = 30.0  # a helper is ready in well under a second, even with 300 gateways
 
@@ -251,7 +250,12 @@ class UpResult:
 
 
 def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, keep_on_error: bool,
-       sku_limit: bool = True, reuse: bool = False) -> UpResult:
+       sku_limit: bool = True, reuse: bool = False, netlink: NetlinkWorker | None = None) -> UpResult:
+    """netlink: the worker that builds the links and carries out the netlink actions; the CLI
+    starts it before it loads this module (emulator/netlink.py)."""
+    if netlink is None:  # another caller (demo): a worker of its own
+        with NetlinkWorker.start() as worker:
+            return up(plan_path, name, dataplane, timeout, keep_on_error, sku_limit, reuse, worker)
     started = time.monotonic()
     text, source = read_plan_file(plan_path)
     plan, warnings = parse_plan_text(text, source)
@@ -274,7 +278,7 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
         same = " from another plan" if reuse and plan.name in list_labs() else ""
         raise EnvironmentProblem(f"lab '{plan.name}' already exists{same} ({directory}); remove it with "
                                  f"'vnetlab down --name {plan.name}' or choose another --name")
-    taken = [ns for ns in topo.namespaces if ops.exists(ns)]
+    taken = [ns for ns in topo.namespaces if nsfs.exists(ns)]
     if taken:
         raise EnvironmentProblem(f"network namespace {taken[0]} already exists and is not this lab's; "
                                  "choose another --name")
@@ -293,25 +297,24 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
             (directory / LAB_META).write_text(json.dumps({"name": plan.name, "dataplane": chosen, "created": created,
                                                           "sku_limit": sku_limit}))
             lab = Lab(directory, plan, topo, chosen, created, sku_limit)
-            # up is apply(desired, nothing), in three parts. The daemons need only their namespaces,
-            # so they are started and loaded with their keys and connections while a thread builds
-            # the links (the executor's wait for their vici sockets leaves it the interpreter); the
-            # routes and caps need the links, and the event monitor must listen before the first
-            # initiate.
+            # up is apply(desired, nothing), in two parts. The daemons need only their namespaces,
+            # so they are started and loaded with their keys and connections while the netlink
+            # worker builds the links, then the routes and caps (at_once); the event monitor must
+            # listen before the first initiate.
             actions = diff(LiveState(), desired(lab), topo)
-            booting = (WriteConfig, StartDaemon, Load)
-            executor = Executor(lab, initiate_timeout=timeout)
+            executor = Executor(lab, initiate_timeout=timeout, netlink=netlink)
             with ThreadPoolExecutor(max_workers=2) as pool:
-                links = pool.submit(_build_links, topo, check)
+                links = pool.submit(_build_links, topo, netlink, check)
                 # it records on "any": links made after it started count
                 recorder = pool.submit(start_ike_recorder, directory, topo.backbone, registry)
-                state = executor.run([a for a in actions if isinstance(a, booting)], LiveState())
+                state = executor.run([a for a in actions if a.phase < Initiate.phase], LiveState(), at_once=True,
+                                     links=links.result)
                 links.result()
                 recorder.result()
-            state = executor.run([a for a in actions if a.phase < Initiate.phase and not isinstance(a, booting)], state)
-            _await_worker(registry, key_recorder)
+            netlink.finish()  # the initiates need none: it exits meanwhile
             _await_worker(registry, monitor)  # told to go: the daemons run now
             executor.run([a for a in actions if a.phase >= Initiate.phase], state)
+            _await_worker(registry, key_recorder)
             check()  # the last moment an interrupt still undoes the lab
             set_current(plan.name)
         except BaseException:
@@ -332,8 +335,8 @@ def _make_namespaces(topo: Topology, registry: Registry, check: Callable[[], Non
         check()
         registry.create_netns(ns)
         # classic VNets are IPv4: no IPv6 link-local chatter on lab links (and in backbone captures)
-        ops.set_sysctls(ns, {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1",
-                             **({"net.ipv4.ip_forward": "1"} if ns in topo.forwarding else {})})
+        nsfs.set_sysctls(ns, {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1",
+                              **({"net.ipv4.ip_forward": "1"} if ns in topo.forwarding else {})})
 
     make(topo.backbone)
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -344,31 +347,40 @@ def _make_namespaces(topo: Topology, registry: Registry, check: Callable[[], Non
         return probe.result()
 
 
-def _build_links(topo: Topology, check: Callable[[], None]) -> None:
+def _build_links(topo: Topology, netlink: NetlinkWorker, check: Callable[[], None]) -> None:
     """Links, addresses and neighbours in the namespaces made (routes and caps are live state:
-    reconcile.py). One netlink socket per namespace, in creation order: a veth is created from its
-    first end's namespace (the backbone, or the router of a host), which topology always creates
-    before the namespace of its other end, so every interface exists when its namespace's turn
-    comes. Nothing in it is journalled: the namespaces take their links with them. `check` runs
-    between namespaces."""
-    for ns in topo.namespaces:
+    reconcile.py), built by the netlink worker: one request per namespace, in creation order.
+    Nothing in it is journalled: the namespaces take their links with them. `check` runs between
+    namespaces."""
+    for ns, calls in link_calls(topo):
         check()
-        with ops.Namespace(ns) as n:
-            for veth in topo.veths:
-                if veth.ns_a == ns:
-                    n.add_veth(veth.if_a, veth.mac_a, veth.ns_b, veth.if_b, veth.mac_b)
-            mine = [(v.if_a, v.addr_a, v.addr_b.ip, v.mac_b) for v in topo.veths if v.ns_a == ns]
-            mine += [(v.if_b, v.addr_b, v.addr_a.ip, v.mac_a) for v in topo.veths if v.ns_b == ns]
-            ends = [(ifname, addr) for ifname, addr, _ip, _mac in mine]
-            ends += [("lo", addr) for lo_ns, addr in topo.lo_addresses if lo_ns == ns]
-            for ifname, addr in ends:
-                n.add_address(ifname, addr)
-            for ifname in ["lo", *(v.if_b for v in topo.veths if v.ns_b == ns)]:  # the ends made here are up
-                n.up(ifname)
-            for ifname, _addr, peer_ip, peer_mac in mine:
-                n.add_neighbour(ifname, peer_ip, peer_mac)
+        netlink.run(ns, calls)
     for ns in topo.nats:
         impair.masquerade(ns)
+
+
+def link_calls(topo: Topology) -> list[tuple[str, list[Call]]]:
+    """Each namespace's ops.Namespace calls that build its links, in creation order: a veth is
+    created from its first end's namespace (the backbone, or the router of a host), which topology
+    always creates before the namespace of its other end, so every interface exists when its
+    namespace's turn comes."""
+    made, joined, lo = defaultdict(list), defaultdict(list), defaultdict(list)
+    for v in topo.veths:
+        made[v.ns_a].append(v)
+        joined[v.ns_b].append(v)
+    for ns, addr in topo.lo_addresses:
+        lo[ns].append(addr)
+    result = []
+    for ns in topo.namespaces:
+        ends = [(v.if_a, v.addr_a, v.addr_b.ip, v.mac_b) for v in made[ns]]
+        ends += [(v.if_b, v.addr_b, v.addr_a.ip, v.mac_a) for v in joined[ns]]
+        calls: list[Call] = [("add_veth", (v.if_a, v.mac_a, v.ns_b, v.if_b, v.mac_b)) for v in made[ns]]
+        calls += [("add_address", (ifname, addr)) for ifname, addr, _ip, _mac in ends]
+        calls += [("add_address", ("lo", addr)) for addr in lo[ns]]
+        calls += [("up", (ifname,)) for ifname in ["lo", *(v.if_b for v in joined[ns])]]  # the ends made here are up
+        calls += [("add_neighbour", (ifname, peer_ip, peer_mac)) for ifname, _addr, peer_ip, peer_mac in ends]
+        result.append((ns, calls))
+    return result
 
 
 def supported_dataplanes() -> list[str]:
@@ -377,12 +389,12 @@ def supported_dataplanes() -> list[str]:
     if LIBIPSEC_PLUGIN.exists():
         found.append("libipsec")
     probe_ns = f"vnetlab-probe-{os.getpid()}"
-    ops.create(probe_ns)
+    nsfs.create(probe_ns)
     try:
         if probe_dataplane(probe_ns) == "kernel":
             found.append("kernel")
     finally:
-        ops.remove(probe_ns)
+        nsfs.remove(probe_ns)
     return found
 
 
@@ -464,6 +476,8 @@ def heal_routes(lab_name: str, ns: str) -> list[Action]:
     """After a link came back up: the kernel dropped the routes through it (and the kernel data
     plane's own routes), so the routes the kernel really holds replace the snapshot's, and what a
     link coming up needs is applied: the routes, and the gateway's tunnels made again."""
+    from netns import ops  # pyroute2: loaded by the commands that need it in this process (see netlink.py)
+
     with changing(lab_name) as lab:
         with ops.Namespace(ns) as n:
             held = frozenset(Route(ns, dst, via, prohibit) for dst, via, prohibit in n.routes())
@@ -517,7 +531,7 @@ def _spawn_worker(registry: Registry, what: str, name: str, args: list[str], gat
     stderr (a crash's traceback) goes to the lab's workers.log, which `down` removes with the lab."""
     log = os.open(registry.directory / WORKERS_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        with ops.signals_held():  # it runs in the host namespace: it must be journalled before any interrupt
+        with nsfs.signals_held():  # it runs in the host namespace: it must be journalled before any interrupt
             proc = subprocess.Popen(worker_command(name, *args),
                                     stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=log,

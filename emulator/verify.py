@@ -34,12 +34,12 @@ from netns.spawn import end_with_parent, wait_for_word
 
 from .capture import key_tables
 from .keytables import write_tables
-from .lab import WORKER_CWD, Lab
+from .lab import Lab
 from .model import UserCheck
 from .problems import EnvironmentProblem, UsageError
 from .status import ConnectionStatus, collect, expected_up
 from .topology import Host
-from .workers import command as worker_command
+from .workers import CWD as WORKER_CWD, command as worker_command
 
 PROTOS = ("icmp", "tcp", "udp")
 RESPONDER_PORT = 7777  # where every test host answers the derived TCP and UDP probes

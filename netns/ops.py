@@ -6,76 +6,36 @@ other namespace), so no lab interface ever appears in the host namespace.
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import os
-import signal
 import socket
-import threading
-from contextlib import contextmanager
+from contextlib import nullcontext
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from pathlib import Path
-from typing import Iterator
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-NETNS_DIR = Path("/run/netns")
+from .nsfs import inside, signals_held
+
 NUD_PERMANENT = 0x80
 RTPROT_KERNEL = 2
 RTN_PROHIBIT = 8
 NETLINK_ROUTE = 0
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def exists(name: str) -> bool:
-    return (NETNS_DIR / name).exists()
-
-
-@contextmanager
-def signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the block is done: a namespace half made, a thread not yet
-    back in its own namespace, a process started but not yet journalled. Held, the signal arrives
-    right after, at a point where the journal is true."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread receives them
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def create(name: str) -> None:
-    """A new namespace, made by this thread: unshare, bind-mount it to /run/netns/NAME, back home.
-    pyroute2's netns.create forks the whole Python process for that (7-10 ms a namespace, a third
-    of `up`'s build); a thread's network namespace is its own, so no fork is needed."""
-    with _back_home():
-        if _libc.unshare(CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"cannot create network namespace {name}")
-        netns.attach(name, threading.get_native_id())
-
-
-def remove(name: str) -> None:
-    """Delete a namespace; its links go with it. No error if it is already gone."""
-    if exists(name):
-        netns.remove(name)
 
 
 class Namespace:
     """An open netlink socket inside one namespace; use as a context manager."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, hold_signals: bool = True):
         """Ctrl-C and SIGTERM wait while the socket is open (a few milliseconds): pyroute2 runs each
         request as an asyncio task, and one cut in the middle is left pending and reported on stderr.
-        The socket is opened by this thread inside the namespace (inside()), not by pyroute2's
-        IPRoute(netns=…), which forks the whole Python process for each socket (7-13 ms)."""
+        hold_signals=False in a process that holds several open at once and closes them in any
+        order (the netlink worker, which Ctrl-C does not reach): restoring each one's signal mask
+        then would unblock them too early, or never. The socket is opened by this thread inside
+        the namespace (inside()), not by pyroute2's IPRoute(netns=…), which forks the whole Python
+        process for each socket (7-13 ms)."""
         self.name = name
         self._indexes: dict[str, int] = {}
-        self._held = signals_held()
+        self._held = signals_held() if hold_signals else nullcontext()
         self._held.__enter__()
         try:
             sock = inside(name, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE))
@@ -88,6 +48,9 @@ class Namespace:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         try:
             self.ipr.close()
         finally:
@@ -189,37 +152,4 @@ class Namespace:
         return self.ipr.get_links(self.index(ifname))[0].get_attr("IFLA_OPERSTATE") == "UP"
 
 
-@contextmanager
-def _back_home() -> Iterator[None]:
-    """This thread returns to its own network namespace after the block, whatever the block did.
-    Signals wait meanwhile: a Ctrl-C before the way back would leave the thread in a lab namespace."""
-    with signals_held():
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            yield
-        finally:
-            try:
-                netns.setns(home, flags=0)
-            finally:
-                os.close(home)
-
-
-def inside(ns: str, make):
-    """Run make() with this thread in namespace ns: the sockets it opens belong there for good."""
-    with _back_home():
-        netns.setns(f"{NETNS_DIR}/{ns}", flags=0)  # flags=0: a namespace that is gone is an error, not made anew
-        return make()
-
-
-def set_sysctls(name: str, settings: dict[str, str]) -> None:
-    """Write /proc/sys keys as seen from inside namespace `name` (net.* keys are per namespace).
-    Through inside(): pyroute2's pushns would create the namespace if it were gone (its O_CREAT
-    default), by forking the whole process."""
-    def write() -> None:
-        for key, value in settings.items():
-            Path("/proc/sys", key.replace(".", "/")).write_text(value)
-
-    inside(name, write)
-
-
-__all__ = ["Namespace", "NetlinkError", "create", "exists", "inside", "remove", "set_sysctls"]
+__all__ = ["Namespace", "NetlinkError"]

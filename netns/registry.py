@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ops
+from . import nsfs
 
 JOURNAL = "resources.jsonl"
 MARKER = ".vnetlab-lab"  # written the moment a lab's directory is made: only such a directory is ever removed
@@ -56,7 +56,7 @@ def start_ticks(pid: int) -> int | None:
 
 def _netns_inode(name: str) -> int | None:
     try:
-        return (ops.NETNS_DIR / name).stat().st_ino
+        return (nsfs.NETNS_DIR / name).stat().st_ino
     except OSError:
         return None
 
@@ -109,7 +109,7 @@ class Registry:
 
     def create_netns(self, name: str) -> None:
         self.record("netns", name=name)
-        ops.create(name)
+        nsfs.create(name)
 
     def adopt_process(self, pid: int, what: str) -> None:
         self.record("process", pid=pid, start=start_ticks(pid), what=what)
@@ -136,7 +136,7 @@ class Registry:
         problems = []
         for ns in reversed(namespaces):
             try:
-                ops.remove(ns)
+                nsfs.remove(ns)
             except OSError as exc:
                 problems.append(f"namespace {ns}: {exc}")
         shutil.rmtree(self.directory, ignore_errors=True)

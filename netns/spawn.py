@@ -30,6 +30,23 @@ def signals_unblocked() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
+LOWEST_PRIORITY = 19  # nice
+
+
+def lowest_priority() -> int:
+    """This thread, and the threads it starts, at the lowest CPU priority: it runs on what the
+    others leave. For a helper's start, which `up` overlaps with its build on a machine of two
+    cores (the build's process and the netlink worker's). Returns the priority it had, which
+    normal_priority gives back (the helpers run as root, who may raise it)."""
+    was = os.getpriority(os.PRIO_PROCESS, 0)
+    os.setpriority(os.PRIO_PROCESS, 0, LOWEST_PRIORITY)  # Linux: of this thread alone
+    return was
+
+
+def normal_priority(was: int) -> None:
+    os.setpriority(os.PRIO_PROCESS, 0, was)
+
+
 def end_with_parent() -> None:
     """As a Popen preexec_fn: the child gets SIGTERM when its parent dies (`ip netns exec` execs
     the command, and the setting survives exec), so a helper never outlives a killed command."""

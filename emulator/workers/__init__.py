@@ -1,6 +1,7 @@
 """The lab's helper programs, each its own process: the key recorder and the event monitor that
-`up` starts, and the backbone capture and probe engine that verify runs (talking JSON over
-stdin/stdout). Each starts through `command()` (emulator/workers/__main__.py).
+`up` starts, and its netlink worker (emulator/netlink.py); the backbone capture and probe engine
+that verify runs (talking JSON over stdin/stdout). Each starts through `command()`
+(emulator/workers/__main__.py).
 
 scapy reads interfaces and routes once, at import, from the namespace it starts in. The backbone
 capture is started inside the backbone namespace (`ip netns exec NS python -m …`). The probe engine
@@ -10,7 +11,13 @@ starts in the host namespace, never sends from it, and opens its sockets inside 
 
 import sys
 
-NAMES = ("capture", "keylog", "monitor", "prober")
+# Each runs from here, so the installed package is what runs, never an `emulator` folder that
+# happens to be in the caller's working directory.
+CWD = "/"
+NAMES = ("capture", "keylog", "monitor", "netlink", "prober")
+# Started by `up` before the build, to be ready when it ends; until their work begins they must
+# not take the CPU the build needs, so they start at the lowest priority (netns.spawn).
+IN_BACKGROUND = ("keylog", "monitor")
 
 
 def command(name: str, *args: str) -> list[str]:

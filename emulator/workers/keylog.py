@@ -21,12 +21,13 @@ import sys
 from pathlib import Path
 
 from emulator.keylog import CLOSED_FILE, KEYS_FILE, ClosedSa, KeyLogParser
-from netns.spawn import signals_unblocked
+from netns.spawn import normal_priority, signals_unblocked
 
 PIPE_SIZE = 1 << 20  # a burst of handshakes must not make a daemon wait on its log
 
 
-def main() -> None:
+def main(priority: int) -> None:
+    """priority: the one to take back once every FIFO is read (started IN_BACKGROUND)."""
     signals_unblocked()
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID`: every thread's stack, into workers.log
     sel = selectors.DefaultSelector()
@@ -45,6 +46,7 @@ def main() -> None:
         sel.register(fd, selectors.EVENT_READ, (KeyLogParser(name), out, bytearray()))
     print("ready", flush=True)
     sys.stdout.close()
+    normal_priority(priority)
     lab_dir = Path(gateways[0][1]).parent if gateways else None
     while lab_dir is not None and lab_dir.exists():
         for key, _ in sel.select(timeout=1.0):

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from emulator import gateways, importing  # vici only: the heavier modules (pyroute2) load after "ready"
 from emulator.events import record_event
-from netns.spawn import open_files_to_hard_limit, signals_unblocked
+from netns import nsfs
+from netns.spawn import lowest_priority, normal_priority, open_files_to_hard_limit, signals_unblocked
 
 EVENT_STATE_CHANGE = 23401
 EVENT_RESTART = 23402
@@ -222,11 +223,9 @@ def watch_links(lab_dir: Path, gateways_ns: dict[str, str]) -> None:
     down, the kernel drops the routes through it; when it comes back, they are put back. Started
     after "ready", once the main thread has loaded pyroute2 (0.15 s): `up` need not wait for that."""
     _loaded.wait()
-    from netns import ops
-
     socks: dict[int, tuple[socket.socket, str, str]] = {}
     for gateway, ns in gateways_ns.items():
-        sock = ops.inside(ns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE))
+        sock = nsfs.inside(ns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE))
         sock.bind((0, RTMGRP_LINK))
         socks[sock.fileno()] = (sock, gateway, ns)
     down: set[str] = set()
@@ -291,7 +290,8 @@ def _write_links_down(lab_dir: Path, down: set[str]) -> None:
     os.replace(tmp, lab_dir / LINKS_DOWN)
 
 
-def main() -> None:
+def main(priority: int) -> None:
+    """priority: the one to take back when the work begins (started IN_BACKGROUND)."""
     signals_unblocked()
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID`: every thread's stack, into workers.log
     open_files_to_hard_limit()  # a vici session held open per gateway, and more for its checks
@@ -301,6 +301,7 @@ def main() -> None:
     # an `up` that ended before (interrupted, failed) closed the pipe: there is nothing to watch
     if sys.stdin.buffer.readline() != b"go\n":
         return
+    normal_priority(priority)  # the listeners start now, and `up` waits for them
     sys.stdin.close()
     recorder = Recorder(lab_dir)
     ready = threading.Barrier(len(specs) + 1)
@@ -311,11 +312,14 @@ def main() -> None:
     ready.wait()
     print("ready", flush=True)
     sys.stdout.close()
-    # after "ready": their pyroute2 import (0.15 s) would hold the listeners, and `up` with them
+    # after "ready": their pyroute2 import (0.15 s) would hold the listeners, and `up` with them;
+    # at the lowest priority, it leaves the CPU to `up`'s initiates meanwhile
+    lowest_priority()
     with importing():
         import emulator.lab  # noqa: F401 - loaded here, in one thread (see _loaded)
         import emulator.reconcile  # noqa: F401
         import netns.ops  # noqa: F401
+    normal_priority(priority)
 
     _loaded.set()
     links = threading.Thread(target=watch_links, args=(lab_dir, {n: ns for n, ns, _d in specs}), daemon=True)

@@ -42,7 +42,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from netns import ops
+from netns import nsfs
 from netns.spawn import open_files_to_hard_limit
 from scapy.config import conf
 from scapy.layers.inet import ICMP, IP, TCP, UDP, ICMPerror, IPerror, TCPerror, UDPerror
@@ -96,7 +96,7 @@ def open_host(spec: dict, sel: selectors.BaseSelector) -> Host:
             sel.register(t, selectors.EVENT_READ, ("accept", host, port))
             sel.register(u, selectors.EVENT_READ, ("echo", host, port))
 
-    ops.inside(host.ns, make)
+    nsfs.inside(host.ns, make)
     return host
 
 

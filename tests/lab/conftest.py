@@ -97,6 +97,19 @@ def stop_supervisor(lab: LabRunner, name: str) -> None:
         time.sleep(0.02)
 
 
+def netlink_workers() -> list[int]:
+    """The netlink workers (emulator/netlink.py) running on this machine: `up` ends its own."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:4] == [b"-m", b"emulator.workers", b"netlink"]:
+            found.append(int(pid))
+    return found
+
+
 def live(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import PLANS
-from tests.lab.conftest import VNETLAB, assert_nothing_left, live
+from tests.lab.conftest import VNETLAB, assert_nothing_left, live, netlink_workers
 
 DEFAULT = PLANS / "classic-vnet-to-vnet.yaml"
 
@@ -203,9 +203,32 @@ def test_interrupted_up_removes_what_it_built(lab, sig):
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130 and "interrupted" in err
     assert_nothing_left(lab.state, {"t-intr": journal})
+    assert not netlink_workers()
     # also what was made after the journal was read: no namespace of this lab may exist
     netns = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
     assert not [ns for ns in netns if ns.startswith("t-intr.")]
+
+
+def test_the_helpers_up_starts_early_run_at_its_priority_once_it_is_up(lab):
+    """The key recorder and the event monitor start at the lowest priority, so that their start
+    takes no CPU from the build (netns.spawn.lowest_priority); once `up` is done, every thread of
+    theirs must run at the command's priority again, or a busy machine would starve their
+    recording and healing."""
+    assert lab.cli("up", "--name", "t-prio").returncode == 0
+    helpers = [e["pid"] for e in lab.journal("t-prio")
+               if e["kind"] == "process" and e["what"] in ("key recorder", "event monitor")]
+    assert len(helpers) == 2
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    deadline = time.monotonic() + 10  # the monitor's heavy imports, after "ready", also run at the lowest
+    while _nice_values(helpers) != {mine} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _nice_values(helpers) == {mine}
+
+
+def _nice_values(pids: list[int]) -> set[int]:
+    """The nice value of every thread of these processes (Linux keeps one per thread)."""
+    return {int(task.joinpath("stat").read_text().rsplit(")", 1)[1].split()[16])
+            for pid in pids for task in Path(f"/proc/{pid}/task").iterdir()}
 
 
 def test_a_teardown_never_kills_the_command_itself(tmp_path):
@@ -229,7 +252,7 @@ def test_namespaces_and_their_sockets_are_made_without_a_fork(monkeypatch):
     """pyroute2's netns.create and IPRoute(netns=…) fork the whole Python process, one fork for each
     namespace and each socket opened in one: 7-13 ms each, a third of `up`'s build. The lab makes
     them from its own thread, which then is back in its own namespace."""
-    from netns import ops
+    from netns import nsfs, ops
 
     def no_fork():
         raise AssertionError("a process was forked")
@@ -237,7 +260,7 @@ def test_namespaces_and_their_sockets_are_made_without_a_fork(monkeypatch):
     home = os.readlink("/proc/thread-self/ns/net")
     ns = f"t-nofork-{os.getpid()}"
     monkeypatch.setattr(os, "fork", no_fork)
-    ops.create(ns)
+    nsfs.create(ns)
     try:
         with ops.Namespace(ns) as n:
             n.up("lo")  # the namespace's own lo, which starts down (the host's is up already)
@@ -245,5 +268,5 @@ def test_namespaces_and_their_sockets_are_made_without_a_fork(monkeypatch):
         inside = subprocess.run(["ip", "-n", ns, "-o", "link", "show", "lo"], capture_output=True, text=True)
         assert "UP" in inside.stdout.split(">")[0], inside.stdout
     finally:
-        ops.remove(ns)
+        nsfs.remove(ns)
     assert not Path("/run/netns", ns).exists()

@@ -61,3 +61,59 @@ def test_a_daemon_started_by_another_command_or_stopped_since_is_asked(lab):
     state = executor.run([StopDaemon("TestVNet4")], state)
     executor.run([Initiate("TestVNet4", "VNet1Local", wait=True)], state)
     assert asked == ["TestVNet1", "TestVNet4"]
+
+
+class _Netlink:
+    """Stands in for `up`'s netlink worker: records the calls each namespace gets."""
+
+    def __init__(self):
+        self.calls = []
+
+    def namespace(self, ns):
+        netlink = self
+
+        class Remote:
+            name = ns
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                pass
+
+            def __getattr__(self, method):
+                return lambda *args: netlink.calls.append((ns, method, args))
+
+        return Remote()
+
+
+def test_at_once_a_daemon_boots_while_the_links_are_built_and_the_routes_wait_for_them(lab, monkeypatch):
+    """`up`'s first part: the daemons need only their namespaces, the routes and caps their links.
+    The two overlap (here the daemon starts only once the links are being built, and the links are
+    done only once the daemon has started: an executor that ran them one after the other would
+    wait forever), and no route comes before the links."""
+    import threading
+
+    from emulator.reconcile import AddRoute
+
+    lab, _asked = lab
+    netlink = _Netlink()
+    building, started = threading.Event(), threading.Event()
+    start_charon = gateways.start_charon
+
+    def start_while_the_links_are_built(netns, directory, lab_dir):
+        assert building.wait(10), "the daemon's boot did not overlap the links"
+        started.set()
+        return start_charon(netns, directory, lab_dir)
+
+    def links():
+        building.set()
+        assert started.wait(10), "the links did not overlap the daemon's boot"
+        netlink.calls.append(("links", "built", ()))
+
+    monkeypatch.setattr(gateways, "start_charon", start_while_the_links_are_built)
+    route = lab.topology.routes[0]
+    state = Executor(lab, netlink=netlink).run([StartDaemon("TestVNet1"), AddRoute(route)], LiveState(),
+                                               at_once=True, links=links)
+    assert netlink.calls == [("links", "built", ()), (route.ns, "add_route", (route.dst, route.via, route.prohibit))]
+    assert route in state.routes and "TestVNet1" in state.gateways

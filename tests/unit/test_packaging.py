@@ -37,8 +37,8 @@ def test_the_venv_runs_the_installed_package_not_the_checkout(tmp_path):
 
 
 def as_the_command(code: str) -> subprocess.CompletedProcess:
-    """Run `code` as the vnetlab command: it defines command(), which stands in for cli.main and
-    runs under entry.run's Ctrl-C policy."""
+    """Run `code` as the vnetlab command: it defines command(netlink=None), which stands in for
+    cli.main and runs under entry.run's Ctrl-C policy."""
     code = ("import atexit, os, signal, threading, time, weakref, emulator.cli, emulator.entry\n"
             "from emulator import interrupts\n" + code +
             "emulator.cli.main = command\nraise SystemExit(emulator.entry.run())\n")
@@ -48,7 +48,7 @@ def as_the_command(code: str) -> subprocess.CompletedProcess:
 def test_a_ctrl_c_after_the_command_returned_leaves_its_answer(tmp_path):
     """A SIGINT that lands while Python shuts down must not turn a finished command into a death by
     signal (CI saw `up` complete the lab and then die with -SIGINT)."""
-    done = as_the_command("command = lambda: 7\n"
+    done = as_the_command("command = lambda netlink=None: 7\n"
                           "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.1)))\n")
     assert (done.returncode, done.stderr) == (7, "")
 
@@ -59,7 +59,7 @@ def test_a_ctrl_c_python_swallows_is_remembered_not_printed(tmp_path):
     The command must neither print that nor forget the interrupt: `up` checks it before it builds."""
     done = as_the_command(
             "class Thing: pass\n"
-            "def command():\n"
+            "def command(netlink=None):\n"
             "    thing = Thing()\n"
             "    ref = weakref.ref(thing, lambda r: os.kill(os.getpid(), signal.SIGINT))\n"
             "    del thing  # the callback runs, the handler raises in it, Python drops the exception\n"
@@ -74,7 +74,7 @@ def test_a_ctrl_c_while_a_lab_changes_stops_it_between_steps_not_inside_one():
     next check raises; a span begun after the interrupt (a cleanup) is not cut short by it."""
     done = as_the_command(
             "from concurrent.futures import ThreadPoolExecutor\n"
-            "def command():\n"
+            "def command(netlink=None):\n"
             "    try:\n"
             "        build()\n"
             "    except KeyboardInterrupt:\n"
@@ -101,7 +101,7 @@ def test_a_ctrl_c_after_the_last_safe_point_is_raised_when_the_span_ends():
     """An interrupt that arrived during a span's last step, with no check after it (verify lifting
     a cap through the executor), must not be lost: the command would go on as if not asked to stop."""
     done = as_the_command(
-            "def command():\n"
+            "def command(netlink=None):\n"
             "    try:\n"
             "        with interrupts.deferred():\n"
             "            with interrupts.deferred():\n"

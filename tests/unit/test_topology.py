@@ -52,3 +52,31 @@ def test_dummy_address_is_not_a_lab_peer(tmp_path):
     (t,) = topo.gateway("TestVNet1").tunnels
     assert str(t.remote_ip) == "5.4.3.2" and not t.peer_in_lab
     assert any(str(r.dst) == "5.4.3.2/32" for r in topo.routes if r.ns == topo.gateway("TestVNet1").netns)
+
+
+@pytest.mark.parametrize("plan_file", ALL, ids=lambda p: p.stem)
+def test_the_link_calls_name_only_interfaces_made_before_and_make_every_end(plan_file):
+    """`up` sends each namespace's link calls to its netlink worker in this order: an interface a
+    call names must exist by then, made by an earlier add_veth in its namespace or as a peer into
+    it; every end gets its address and its peer as neighbour, and every end made as a peer is
+    brought up (the end made where the veth is added is up from the start)."""
+    from emulator.lab import link_calls
+
+    topo = build_topology(load_plan(str(plan_file))[0])
+    exists = {(ns, "lo") for ns in topo.namespaces}
+    addresses, neighbours, up = set(), set(), set()
+    for ns, calls in link_calls(topo):
+        for method, args in calls:
+            if method == "add_veth":
+                ifname, _mac, peer_ns, peer_ifname, _peer_mac = args
+                exists |= {(ns, ifname), (peer_ns, peer_ifname)}
+                up.add((ns, ifname))
+                continue
+            assert (ns, args[0]) in exists, f"{method}{args} in {ns} before its interface was made"
+            {"add_address": addresses, "add_neighbour": neighbours, "up": up}[method].add((ns, *args))
+    for v in topo.veths:
+        assert {(v.ns_a, v.if_a, v.addr_a), (v.ns_b, v.if_b, v.addr_b)} <= addresses
+        assert {(v.ns_a, v.if_a, v.addr_b.ip, v.mac_b), (v.ns_b, v.if_b, v.addr_a.ip, v.mac_a)} <= neighbours
+        assert {(v.ns_a, v.if_a), (v.ns_b, v.if_b)} <= up
+    assert {(ns, "lo", addr) for ns, addr in topo.lo_addresses} <= addresses
+    assert {(ns, "lo") for ns in topo.namespaces} <= up
