@@ -50,6 +50,7 @@ LOCK = "lock"
 LIBIPSEC_PLUGIN = Path("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so")
 LINKS_DOWN = "links-down.json"  # gateways whose backbone link is down (workers/monitor.py keeps it)
 WORKERS_LOG = "workers.log"
+KEY_PIPE_SIZE = 1 << 20  # a burst of handshakes must not make a daemon wait on its key log
 WORKER_READY_S = 30.0  # a helper is ready in well under a second, even with 300 gateways
 
 
@@ -312,9 +313,9 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
                 links.result()
                 recorder.result()
             netlink.finish()  # the initiates need none: it exits meanwhile
+            _await_worker(registry, key_recorder)
             _await_worker(registry, monitor)  # told to go: the daemons run now
             executor.run([a for a in actions if a.phase >= Initiate.phase], state)
-            _await_worker(registry, key_recorder)
             check()  # the last moment an interrupt still undoes the lab
             set_current(plan.name)
         except BaseException:
@@ -498,9 +499,10 @@ class _Worker:
 
 
 def _spawn_key_recorder(directory: Path, topo: Topology, registry: Registry) -> _Worker:
-    """The session-key recorder (workers/keylog.py). Each daemon's key log is a FIFO, opened here
-    for reading and writing and handed to the worker: a daemon opening it never blocks, even while
-    the worker's Python still starts, so the daemons need not wait for it."""
+    """The session-key recorder (workers/keylog.py). Each daemon's key log is a FIFO, made large,
+    opened here for reading and writing and handed to the worker: a daemon opening it never blocks,
+    nor one writing to it, even while the worker's Python still starts, so the daemons need not
+    wait for it."""
     dirs = [gateway_dir(directory, gw, i) for i, gw in enumerate(topo.gateways)]
     fds: list[int] = []
     try:
@@ -508,6 +510,10 @@ def _spawn_key_recorder(directory: Path, topo: Topology, registry: Registry) -> 
             gw_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.mkfifo(gw_dir / KEY_PIPE, 0o600)
             fds.append(os.open(gw_dir / KEY_PIPE, os.O_RDWR | os.O_NONBLOCK))
+            try:
+                fcntl.fcntl(fds[-1], fcntl.F_SETPIPE_SZ, KEY_PIPE_SIZE)
+            except OSError:
+                pass  # above /proc/sys/fs/pipe-max-size: the default size still works
         return _spawn_worker(registry, "key recorder", "keylog",
                              [f"{gw.name}={d}={fd}" for gw, d, fd in zip(topo.gateways, dirs, fds)], pass_fds=fds)
     finally:

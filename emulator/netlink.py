@@ -53,6 +53,8 @@ class NetlinkWorker:
     def run(self, ns: str | None, calls: list[Call], session: int | None = None) -> list[Any]:
         """The results of ops.Namespace(ns)'s methods `calls`, called in order in the worker, on a
         socket opened for them, or on the session's (ns None closes it)."""
+        if self._sock.fileno() == -1:
+            raise RuntimeError("a netlink request after the worker was told there would be none (finish)")
         with self._lock:
             try:
                 send(self._sock, (session, ns, calls))

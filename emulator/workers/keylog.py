@@ -1,7 +1,7 @@
 """Read each gateway's level-4 log from its FIFO and keep only the session keys, and the final
 byte counts of each CHILD_SA that closes (emulator/keylog.py).
 
-argv: NAME=GATEWAY_DIR=FD per gateway. FD is GATEWAY_DIR/keys.pipe, which `up` made and opened
+argv: NAME=GATEWAY_DIR=FD per gateway. FD is GATEWAY_DIR/keys.pipe, which `up` made (1 MB) and opened
 for reading and writing before the daemons start, so a daemon opening it never blocks and never
 sees a closed pipe, not even across a restart. Appends one JSON line per SA to GATEWAY_DIR/keys.jsonl
 (mode 0600), and one per closed CHILD_SA to GATEWAY_DIR/closed-sas.jsonl. Prints "ready" once it
@@ -12,7 +12,6 @@ reads every FIFO. Started before the daemons and stopped by
 from __future__ import annotations
 
 import faulthandler
-import fcntl
 import json
 import os
 import selectors
@@ -21,13 +20,10 @@ import sys
 from pathlib import Path
 
 from emulator.keylog import CLOSED_FILE, KEYS_FILE, ClosedSa, KeyLogParser
-from netns.spawn import normal_priority, signals_unblocked
-
-PIPE_SIZE = 1 << 20  # a burst of handshakes must not make a daemon wait on its log
+from netns.spawn import signals_unblocked
 
 
-def main(priority: int) -> None:
-    """priority: the one to take back once every FIFO is read (started IN_BACKGROUND)."""
+def main() -> None:
     signals_unblocked()
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID`: every thread's stack, into workers.log
     sel = selectors.DefaultSelector()
@@ -37,16 +33,11 @@ def main(priority: int) -> None:
         directory, fd_text = rest.rsplit("=", 1)
         gateways.append((name, directory))
         fd = int(fd_text)
-        try:
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass  # above /proc/sys/fs/pipe-max-size: the default size still works
         out = {kind: os.open(Path(directory) / path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                for kind, path in (("keys", KEYS_FILE), ("closed", CLOSED_FILE))}
         sel.register(fd, selectors.EVENT_READ, (KeyLogParser(name), out, bytearray()))
     print("ready", flush=True)
     sys.stdout.close()
-    normal_priority(priority)
     lab_dir = Path(gateways[0][1]).parent if gateways else None
     while lab_dir is not None and lab_dir.exists():
         for key, _ in sel.select(timeout=1.0):

@@ -210,10 +210,10 @@ def test_interrupted_up_removes_what_it_built(lab, sig):
 
 
 def test_the_helpers_up_starts_early_run_at_its_priority_once_it_is_up(lab):
-    """The key recorder and the event monitor start at the lowest priority, so that their start
-    takes no CPU from the build (netns.spawn.lowest_priority); once `up` is done, every thread of
-    theirs must run at the command's priority again, or a busy machine would starve their
-    recording and healing."""
+    """The event monitor starts at the lowest priority, so that its start takes no CPU from the
+    build (netns.spawn.lowest_priority); once `up` is done, every thread of it and of the key
+    recorder must run at the command's priority, or a busy machine would starve their healing and
+    recording."""
     assert lab.cli("up", "--name", "t-prio").returncode == 0
     helpers = [e["pid"] for e in lab.journal("t-prio")
                if e["kind"] == "process" and e["what"] in ("key recorder", "event monitor")]

@@ -123,9 +123,11 @@ def test_the_monitor_waits_for_go_and_an_up_that_ended_before_leaves_it_nothing_
 
 def test_a_daemon_writes_its_key_log_before_the_key_recorder_runs_and_nothing_is_lost(tmp_path):
     """`up` starts the daemons without waiting for the key recorder's Python to start: it hands the
-    worker each key-log FIFO already open. So the moment the worker is spawned, a daemon's open for
-    writing finds a reader (a FIFO without one refuses a non-blocking writer with ENXIO, and blocks
-    charon), and what it writes then is recorded once the worker runs."""
+    worker each key-log FIFO already open, and made large. So the moment the worker is spawned, a
+    daemon's open for writing finds a reader (a FIFO without one refuses a non-blocking writer with
+    ENXIO, and blocks charon), a burst of handshakes fits (the default 64 kB would make charon wait),
+    and what it writes then is recorded once the worker runs."""
+    import fcntl
     import json
     import os
 
@@ -141,6 +143,7 @@ def test_a_daemon_writes_its_key_log_before_the_key_recorder_runs_and_nothing_is
     try:
         gw_dir = lab.gateway_dir(registry.directory, topo.gateways[0], 0)
         fd = os.open(gw_dir / KEY_PIPE, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO while the worker's Python starts
+        assert fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) == lab.KEY_PIPE_SIZE
         os.write(fd, b"12[IKE] <VNet4Local|1> closing CHILD_SA VNet4Local{1} with SPIs c1c1c1c1_i (100 bytes) "
                      b"c2c2c2c2_o (200 bytes) and TS 10.11.0.0/16 === 10.41.0.0/16\n")
         os.close(fd)
