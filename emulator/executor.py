@@ -83,8 +83,9 @@ class Executor:
     def _run(self, actions: list[Action], state: LiveState, check: Callable[[], None], at_once: bool,
              links: Callable[[], object] | None) -> LiveState:
         self._preflight(actions, state)
-        # the netlink phases run as one batch: one socket per namespace for its links, routes and caps
+
         def batch_of(a: Action) -> int:
+            # the netlink phases run as one batch: one socket per namespace for its link, routes and caps
             return 0 if at_once else -1 if isinstance(a, NETLINK) else a.phase
 
         for _phase, group in groupby(actions, key=batch_of):
