@@ -549,10 +549,16 @@ def _spawn_worker(registry: Registry, what: str, name: str, args: list[str], gat
 
 
 def _await_worker(registry: Registry, worker: _Worker) -> None:
-    """Tell a gated helper to go, then wait until it prints "ready" (it can do its work then)."""
+    """Tell a gated helper to go, then wait until it prints "ready" (it can do its work then). One
+    that started at the lowest priority (emulator.workers IN_BACKGROUND) gets the command's back
+    first: if it is still starting, a busy machine must not starve it while `up` waits."""
     proc = worker.proc
     try:
         if proc.stdin is not None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, proc.pid, os.getpriority(os.PRIO_PROCESS, 0))
+            except OSError:
+                pass  # it has exited: said below
             try:
                 proc.stdin.write(b"go\n")
                 proc.stdin.close()

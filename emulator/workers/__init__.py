@@ -16,8 +16,9 @@ import sys
 CWD = "/"
 NAMES = ("capture", "keylog", "monitor", "netlink", "prober")
 # Started by `up` before the build, to be ready when it ends; until its work begins it must not
-# take the CPU the build needs, so it starts at the lowest priority (netns.spawn). (The key
-# recorder need not: its start is light, and starting it so made no difference to `up`.)
+# take the CPU the build needs, so it starts at the lowest priority (netns.spawn), and gets the
+# command's back with `up`'s "go" (lab._await_worker). The key recorder need not: its start is
+# light, and starting it so made no difference to `up`.
 IN_BACKGROUND = ("monitor",)
 
 

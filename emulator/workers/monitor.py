@@ -29,7 +29,7 @@ from pathlib import Path
 from emulator import gateways, importing  # vici only: the heavier modules (pyroute2) load after "ready"
 from emulator.events import record_event
 from netns import nsfs
-from netns.spawn import lowest_priority, normal_priority, open_files_to_hard_limit, signals_unblocked
+from netns.spawn import normal_priority, open_files_to_hard_limit, signals_unblocked
 
 EVENT_STATE_CHANGE = 23401
 EVENT_RESTART = 23402
@@ -301,7 +301,7 @@ def main(priority: int) -> None:
     # an `up` that ended before (interrupted, failed) closed the pipe: there is nothing to watch
     if sys.stdin.buffer.readline() != b"go\n":
         return
-    normal_priority(priority)  # the listeners start now, and `up` waits for them
+    normal_priority(priority)  # the listeners start now, and `up` waits for them (it also raised it)
     sys.stdin.close()
     recorder = Recorder(lab_dir)
     ready = threading.Barrier(len(specs) + 1)
@@ -312,14 +312,13 @@ def main(priority: int) -> None:
     ready.wait()
     print("ready", flush=True)
     sys.stdout.close()
-    # after "ready": their pyroute2 import (0.15 s) would hold the listeners, and `up` with them;
-    # at the lowest priority, it leaves the CPU to `up`'s initiates meanwhile
-    lowest_priority()
+    # after "ready": their pyroute2 import (0.15 s) would hold the listeners, and `up` with them.
+    # Not at the lowest priority: the link watcher and the healing wait for it, and a busy machine
+    # starved it for as long as it stayed busy (a link down went unnoticed in the test guest)
     with importing():
         import emulator.lab  # noqa: F401 - loaded here, in one thread (see _loaded)
         import emulator.reconcile  # noqa: F401
         import netns.ops  # noqa: F401
-    normal_priority(priority)
 
     _loaded.set()
     links = threading.Thread(target=watch_links, args=(lab_dir, {n: ns for n, ns, _d in specs}), daemon=True)

@@ -9,6 +9,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -557,3 +558,27 @@ def test_backbone_section_applies_at_up(lab, tmp_path):
     link = subprocess.run(["ip", "-n", "t-path.v.TestVNet1", "link", "show", "bb"], capture_output=True, text=True)
     assert "mtu 1400" in link.stdout
     assert "blocks ike" in lab.cli("status", "--name", "t-path").stdout
+
+
+def test_the_supervisor_starts_and_watches_links_at_once_even_on_a_busy_machine(lab):
+    """The event monitor starts at the lowest priority, so that it takes no CPU from `up`'s build,
+    and loads what it heals with (pyroute2) after `up` has returned. A machine kept busy must not
+    starve either: `up` waits for the monitor, and the link watcher for its imports (loaded at the
+    lowest priority, a link taken down in the busy test guest went unnoticed, status still said
+    Connected)."""
+    name = "t-busy"
+    spin = "import time\nend = time.time() + 20\nwhile time.time() < end: pass"
+    busy = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(4 * (os.cpu_count() or 2))]
+    try:
+        started = time.monotonic()
+        assert lab.cli("up", "--name", name).returncode == 0
+        assert time.monotonic() - started < 8, "up waited for a starved monitor"
+        subprocess.run(["ip", "-n", f"{name}.v.TestVNet1", "link", "set", "bb", "down"], check=True)
+        deadline = time.monotonic() + 5
+        while "backbone link of TestVNet1 is down" not in lab.status(name)[("TestVNet1", "VNet4Local")]["reason"]:
+            assert time.monotonic() < deadline, "the supervisor did not see the link go down within 5 s"
+            time.sleep(0.1)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
