@@ -49,6 +49,7 @@ CHANGES = "changes.json"
 LOCK = "lock"
 LIBIPSEC_PLUGIN = Path("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so")
 LINKS_DOWN = "links-down.json"  # gateways whose backbone link is down (workers/monitor.py keeps it)
+LINKS_FIRST_LOOK_S = 15.0  # the longest a reader waits for the monitor's first look at the links
 WORKERS_LOG = "workers.log"
 KEY_PIPE_SIZE = 1 << 20  # a burst of handshakes must not make a daemon wait on its key log
 WORKER_READY_S = 30.0  # a helper is ready in well under a second, even with 300 gateways
@@ -158,9 +159,16 @@ class Lab:
 
     def links_down(self) -> set[str]:
         """Gateways whose backbone link is down now: taken down by `vnetlab link`, or seen down by
-        workers/monitor.py, which watches the links."""
+        workers/monitor.py, which watches the links. The monitor writes LINKS_DOWN once it has first
+        looked at them, after it has loaded what it heals with (0.2 s after `up` here, seconds on a
+        slow machine): while it runs and has not yet, this waits for that look, so that a link
+        taken down right after `up` is never reported up."""
+        path = self.directory / LINKS_DOWN
+        deadline = time.monotonic() + LINKS_FIRST_LOOK_S
+        while not path.exists() and time.monotonic() < deadline and Registry(self.directory).live("event monitor"):
+            time.sleep(0.05)
         try:
-            seen = set(json.loads((self.directory / LINKS_DOWN).read_text()))
+            seen = set(json.loads(path.read_text()))
         except (FileNotFoundError, ValueError):
             seen = set()
         return seen | set(self.changes.links_down)

@@ -231,6 +231,7 @@ def watch_links(lab_dir: Path, gateways_ns: dict[str, str]) -> None:
     down: set[str] = set()
     for gateway, ns in gateways_ns.items():  # listed, then watched: a link that went down meanwhile counts
         _link_changed(lab_dir, gateway, ns, down)
+    _write_links_down(lab_dir, down)  # the first look is done: readers of the links' state need not wait (lab.py)
     poller = select.poll()
     for fd in socks:
         poller.register(fd, select.POLLIN)

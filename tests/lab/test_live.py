@@ -574,10 +574,10 @@ def test_the_supervisor_starts_and_watches_links_at_once_even_on_a_busy_machine(
         assert lab.cli("up", "--name", name).returncode == 0
         assert time.monotonic() - started < 8, "up waited for a starved monitor"
         subprocess.run(["ip", "-n", f"{name}.v.TestVNet1", "link", "set", "bb", "down"], check=True)
-        deadline = time.monotonic() + 5
-        while "backbone link of TestVNet1 is down" not in lab.status(name)[("TestVNet1", "VNet4Local")]["reason"]:
-            assert time.monotonic() < deadline, "the supervisor did not see the link go down within 5 s"
-            time.sleep(0.1)
+        # at once: status waits for the supervisor's first look at the links, however busy the machine
+        started = time.monotonic()
+        assert "backbone link of TestVNet1 is down" in lab.status(name)[("TestVNet1", "VNet4Local")]["reason"]
+        assert time.monotonic() - started < 5, "the supervisor took over 5 s to look at the links"
     finally:
         for p in busy:
             p.kill()
