@@ -50,14 +50,14 @@ class NetlinkWorker:
             theirs.close()
         return cls(proc, mine)
 
-    def run(self, ns: str | None, calls: list[Call], session: int | None = None) -> list[Any]:
-        """The results of ops.Namespace(ns)'s methods `calls`, called in order in the worker, on a
-        socket opened for them, or on the session's (ns None closes it)."""
+    def run(self, ns: str, calls: list[Call], session: int | None = None, last: bool = True) -> list[Any]:
+        """The results of ops.Namespace(ns)'s methods `calls`, called in order in the worker, on
+        the session's socket (a socket for these calls alone without one); `last` closes it."""
         if self._sock.fileno() == -1:
             raise RuntimeError("a netlink request after the worker was told there would be none (finish)")
         with self._lock:
             try:
-                send(self._sock, (session, ns, calls))
+                send(self._sock, (next(self._sessions) if session is None else session, ns, calls, last))
                 ok, answer = receive(self._sock)
             except (EOFError, OSError):
                 from .problems import EnvironmentProblem
@@ -106,7 +106,7 @@ class RemoteNamespace:
 
     def __exit__(self, *exc: object) -> None:
         if self._opened:
-            self._worker.run(None, [], self._session)
+            self._worker.run(self.name, [], self._session)
 
     def __getattr__(self, method: str):
         if method.startswith("_"):
@@ -114,7 +114,7 @@ class RemoteNamespace:
 
         def call(*args: object) -> Any:
             self._opened = True
-            return self._worker.run(self.name, [(method, args)], self._session)[0]
+            return self._worker.run(self.name, [(method, args)], self._session, last=False)[0]
 
         return call
 

@@ -1,8 +1,7 @@
 """`up`'s netlink worker (emulator/netlink.py): stdin is its socket to the command. A request
-(session, namespace, calls) calls ops.Namespace methods, in order, on the session's socket in
-that namespace, which its first request opens and (session, None, []) closes; session None: a
-socket for this request alone. The answer is the calls' results, or the exception one raised.
-Ends when the command closes its socket."""
+(session, namespace, calls, last) calls ops.Namespace methods, in order, on the session's socket
+in that namespace, which its first request opens and its last closes. The answer is the calls'
+results, or the exception one raised. Ends when the command closes its socket."""
 
 from __future__ import annotations
 
@@ -24,20 +23,18 @@ def main() -> None:
     sessions: dict[int, ops.Namespace] = {}
     while True:
         try:
-            session, ns, calls = receive(sock)
+            session, ns, calls, last = receive(sock)
         except EOFError:
             return
         try:
-            if ns is None:
-                sessions.pop(session).close()
-                answer = (True, [])
-            elif session is None:
-                with ops.Namespace(ns, hold_signals=False) as n:
-                    answer = (True, [_method(n, name)(*args) for name, args in calls])
-            else:
-                if session not in sessions:
-                    sessions[session] = ops.Namespace(ns, hold_signals=False)
-                answer = (True, [_method(sessions[session], name)(*args) for name, args in calls])
+            n = sessions.pop(session, None) or ops.Namespace(ns, hold_signals=False)
+            try:
+                answer = (True, [_method(n, name)(*args) for name, args in calls])
+            finally:
+                if last:
+                    n.close()
+                else:
+                    sessions[session] = n
         except Exception as exc:  # noqa: BLE001 - it is the command's to handle: sent back and raised there
             answer = (False, exc)
         try:
