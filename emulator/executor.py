@@ -197,6 +197,8 @@ class Executor:
             proc = gateways.start_charon(gw.netns, directory, self.lab.directory)
             self.registry.adopt_process(proc.pid, f"charon {gw.name}")
             gateways.wait_ready(directory, proc, time.monotonic() + 10)
+            if self.lab.dataplane == "libipsec":  # its ESP comes through the daemon's socket
+                gateways.widen_receive_buffers(proc.pid)
             self._started.add(gw.name)
         elif isinstance(a, Terminate):
             gateways.terminate(directory, a.conn)

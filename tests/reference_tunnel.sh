@@ -13,8 +13,8 @@
 #             one forwarding step, as the lab's backbone) and two prefixes a side (the CHILD_SA then
 #             has four selector pairs, and libipsec checks each packet against them).
 #   usage: reference_tunnel.sh [ESP_PROPOSAL] [SECONDS] [libipsec|kernel] [gateways|hosts] [plain|like-lab]   (as root)
-# Prints "up <seconds>" (namespaces, both daemons, tunnel established: the floor for `vnetlab up`)
-# and, unless SECONDS is 0, "reference <proposal> <dataplane> <where> <Mbit/s>". Removes everything
+# Prints "up <seconds>" (namespaces, both daemons, tunnel established: the floor for `vnetlab up`),
+# "daemons <pid> <pid>" and, unless SECONDS is 0, "reference <proposal> <dataplane> <where> <Mbit/s>". Removes everything
 # it made. Every process it starts stays in the caller's session: a session is a CPU share of its
 # own to the scheduler (autogroups), and the lab's daemons stay in the session of `vnetlab up`.
 set -eu
@@ -134,6 +134,7 @@ for n in a b; do
 done
 STRONGSWAN_CONF="$work/a/strongswan.conf" ip netns exec "$tag-a" swanctl --initiate --child ref >/dev/null
 awk -v now="$(date +%s.%N)" -v t0="$started" 'BEGIN { printf "up %.3f\n", now - t0 }'
+echo "daemons$pids"  # for a caller that tunes them before the measurement, which starts 0.3 s later
 [ "$seconds" = 0 ] && exit 0
 client="$tag-a" server="$tag-b" src=10.201.0.1 dst=10.202.0.1
 [ "$where" = hosts ] && client="$tag-ah" server="$tag-bh" src=10.201.1.4 dst=10.202.1.4

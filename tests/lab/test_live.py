@@ -466,6 +466,48 @@ def _tcp_bytes(lab, name: str, src: str, dst: str, dst_ip: str, seconds: int = 2
         server.wait()
 
 
+def _esp_socket(ns: str) -> int:
+    """The receive buffer of a gateway's IPv4 NAT-T socket, where libipsec's ESP arrives, as `ss`
+    reads it from the kernel (bytes, the kernel's doubled figure)."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-4uamnH", "sport = :4500"], capture_output=True,
+                         text=True, timeout=10).stdout
+    return int(re.search(r"\brb(\d+),", out).group(1))
+
+
+def _udp_received(ns: str) -> tuple[int, int]:
+    """(datagrams delivered, datagrams dropped for a full receive buffer) in a namespace, so far."""
+    snmp = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"], capture_output=True, text=True,
+                          timeout=10).stdout
+    names, values = [line.split()[1:] for line in snmp.splitlines() if line.startswith("Udp:")]
+    udp = dict(zip(names, map(int, values)))
+    return udp["InDatagrams"], udp["RcvbufErrors"]
+
+
+def test_the_gateways_esp_sockets_keep_up_with_a_tunnel_at_full_rate(lab):
+    """libipsec's ESP arrives on charon's UDP 4500 socket, read one datagram at a time. At the
+    namespace's default buffer (208 KiB) a TCP transfer at full rate lost about one ESP packet in
+    ten there, and TCP throttled itself on the losses. The lab widens the daemons' sockets when it
+    starts them, a healed daemon's too."""
+    name = "t-espbuf"
+    assert lab.cli("up", "--name", name, "--dataplane", "libipsec", "--no-sku-limit").returncode == 0
+    gateway = {v: f"{name}.v.{v}" for v in ("TestVNet1", "TestVNet4")}
+    assert all(_esp_socket(ns) >= 2 * 1024 * 1024 for ns in gateway.values())
+    before = _udp_received(gateway["TestVNet4"])
+    assert _tcp_bytes(lab, name, "TestVNet1/default", "TestVNet4/default", "10.41.0.4", seconds=3) > 0
+    got, dropped = (after - was for after, was in zip(_udp_received(gateway["TestVNet4"]), before))
+    assert got > 1000 and dropped <= got / 100, f"{dropped} of {got + dropped} ESP datagrams dropped at the socket"
+    def daemon() -> int:  # the current one: the supervisor journals each restart
+        return [e["pid"] for e in lab.journal(name) if e["kind"] == "process" and e["what"] == "charon TestVNet4"][-1]
+
+    killed = daemon()
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while not lab.ping(name, "TestVNet1/default", "10.41.0.4"):
+        assert time.monotonic() < deadline, "the killed daemon was not healed"
+    assert daemon() != killed
+    assert _esp_socket(gateway["TestVNet4"]) >= 2 * 1024 * 1024
+
+
 def test_a_small_mtu_is_measured_black_holes_tcp_and_a_clamp_fixes_it(lab, tmp_path, dataplane):
     """mtu 1400 on TestVNet4's link: verify reports a path MTU below 1400 by the ESP overhead and a
     TCP black hole (a large DF packet vanishes, TCP stalls), which TestVNet4's clamp at Azure's 1350
