@@ -52,9 +52,32 @@ def _name_arg(p: argparse.ArgumentParser) -> None:
                    "the last one that 'up' built)")
 
 
+class _Version(argparse.Action):
+    """--version: vnetlab's, and the strongSwan its gateways run (for a bug report). Looked up only
+    when asked: every command's start pays for what it imports."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, help="print vnetlab's and strongSwan's versions and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import subprocess
+        from importlib.metadata import version
+
+        from .gateways import CHARON
+
+        try:  # "Linux strongSwan 5.9.8"
+            swan = subprocess.run([str(CHARON), "--version"], capture_output=True, text=True, timeout=10).stdout.split()
+        except OSError:
+            swan = []
+        print(f"vnetlab {version('vnetlab')}, strongSwan {swan[-1] if swan else 'not installed'}, "
+              f"Python {sys.version.split()[0]}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vnetlab", description=PKG_DOC, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def cmd(name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:

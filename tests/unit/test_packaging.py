@@ -122,3 +122,12 @@ def test_make_test_kernel_selects_only_kernel_parametrisations():
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_") and "kernel" in node.name:
                 assert "dataplane" in [a.arg for a in node.args.args], f"{path.name}::{node.name}"
+
+
+def test_version_names_vnetlab_and_the_strongswan_its_gateways_run(tmp_path):
+    """For a bug report: the installed vnetlab's version (pyproject's), and the daemon's own answer."""
+    vnetlab = Path(sys.executable).parent / "vnetlab"
+    res = subprocess.run([str(vnetlab), "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert res.returncode == 0 and res.stdout.startswith(f"vnetlab {version}, strongSwan "), res.stdout + res.stderr
+    assert res.stdout.split(", ")[1] != "strongSwan not installed" or not Path("/usr/lib/ipsec/charon").exists()
