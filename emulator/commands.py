@@ -14,10 +14,12 @@ from .executor import read_snapshot
 from .status import ConnectionStatus, collect, expected_up
 
 
-def print_status(lab: labmod.Lab, rows: list[ConnectionStatus], as_json: bool, verbose: bool = False) -> None:
+def print_status(lab: labmod.Lab, rows: list[ConnectionStatus], as_json: bool, verbose: bool = False,
+                 just_built: bool = False) -> None:
+    """just_built: see Lab.links_down."""
     applied = read_snapshot(lab.directory)  # what runs, as the executor recorded it
     paths = {g.name: applied.paths[g.netns].describe() for g in lab.topology.gateways if g.netns in applied.paths}
-    down = sorted(lab.links_down())
+    down = sorted(lab.links_down(just_built))
     if as_json:
         print_json({"lab": lab.name, "dataplane": lab.dataplane, "created": lab.created,
                     "backbone_paths": paths, "links_down": down, "connections": [r.as_dict() for r in rows]})
@@ -55,8 +57,8 @@ def up(args: argparse.Namespace) -> int:
     if result.reused:
         print(f"lab '{result.lab.name}' is already running, built from this plan: reusing it "
               f"(vnetlab down --name {result.lab.name} removes it)", file=sys.stderr)
-    rows = collect(result.lab)
-    print_status(result.lab, rows, args.json)
+    rows = collect(result.lab, just_built=not result.reused)
+    print_status(result.lab, rows, args.json, just_built=not result.reused)
     failed = _failures(result.lab, rows)
     if not args.json and not result.reused:
         print(f"\nup in {result.seconds:.2f} s. Explore: vnetlab nodes · remove: vnetlab down --name "

@@ -157,14 +157,16 @@ class Lab:
         """The gateways' own connection events, oldest first (workers/monitor.py writes them)."""
         return read_jsonl(self.directory / EVENTS)
 
-    def links_down(self) -> set[str]:
+    def links_down(self, just_built: bool = False) -> set[str]:
         """Gateways whose backbone link is down now: taken down by `vnetlab link`, or seen down by
         workers/monitor.py, which watches the links. The monitor writes LINKS_DOWN once it has first
         looked at them, after it has loaded what it heals with (0.2 s after `up` here, seconds on a
         slow machine): while it runs and has not yet, this waits for that look, so that a link
-        taken down right after `up` is never reported up."""
+        taken down right after `up` is never reported up. just_built: the caller is the `up` that
+        has just set every link as the lab wants it, and reports that (no wait: it made `up` 0.13 s
+        slower)."""
         path = self.directory / LINKS_DOWN
-        deadline = time.monotonic() + LINKS_FIRST_LOOK_S
+        deadline = time.monotonic() + (0 if just_built else LINKS_FIRST_LOOK_S)
         while not path.exists() and time.monotonic() < deadline and Registry(self.directory).live("event monitor"):
             time.sleep(0.05)
         try:

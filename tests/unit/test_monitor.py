@@ -157,3 +157,56 @@ def test_a_daemon_writes_its_key_log_before_the_key_recorder_runs_and_nothing_is
     finally:
         worker.proc.kill()
         worker.proc.wait()
+
+
+def test_a_reader_waits_for_the_monitors_first_look_at_the_links_but_up_does_not(tmp_path):
+    """links-down.json comes from the monitor once it has first looked at the links: `status`
+    waits for it while the monitor runs (a link taken down right after `up` is never reported up);
+    `up`'s own report of the links it has just set does not (the wait made `up` 0.13 s slower)."""
+    import json
+    import subprocess
+    import sys
+    from datetime import datetime, timezone
+
+    from emulator.lab import LINKS_DOWN, Lab
+    from emulator.plan import load_plan
+    from emulator.topology import build_topology
+    from netns.registry import Registry
+    from tests.conftest import PLANS
+
+    plan, _ = load_plan(str(PLANS / "classic-vnet-to-vnet.yaml"))
+    registry = Registry.create(tmp_path / plan.name)
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        registry.adopt_process(stand_in.pid, "event monitor")
+        lab = Lab(registry.directory, plan, build_topology(plan), "libipsec",
+                  datetime.now(timezone.utc).isoformat(timespec="seconds"), True)
+
+        def first_look():
+            time.sleep(1.0)
+            (registry.directory / LINKS_DOWN).write_text(json.dumps(["TestVNet1"]))
+
+        looker = threading.Thread(target=first_look)
+        looker.start()
+        assert lab.links_down(just_built=True) == set()  # at once, before the look
+        assert lab.links_down() == {"TestVNet1"}  # waited for it
+        looker.join()
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+
+
+def test_up_reports_the_links_it_has_just_set_and_a_reused_lab_as_the_monitor_sees_it(monkeypatch, run_cli):
+    from types import SimpleNamespace
+
+    from emulator import commands
+
+    asked = []
+    for reused in (False, True):
+        monkeypatch.setattr(commands.labmod, "up", lambda *a, **kw: SimpleNamespace(
+            warnings=[], reused=reused, lab=SimpleNamespace(name="x"), seconds=0.1))
+        monkeypatch.setattr(commands, "collect", lambda lab, just_built=False: asked.append(just_built) or [])
+        monkeypatch.setattr(commands, "print_status", lambda *a, just_built=False: asked.append(just_built))
+        monkeypatch.setattr(commands, "_failures", lambda lab, rows: [])
+        run_cli("up", "--name", "x")
+    assert asked == [True, True, False, False]  # its rows and its list of links down
