@@ -164,7 +164,7 @@ def wait_ready(directory: Path, proc: subprocess.Popen | None, deadline: float) 
 # doubles it for its bookkeeping): 2 MiB left no drops and no added latency under load.
 ESP_RECEIVE_BUFFER = 1024 * 1024
 _SO_RCVBUFFORCE = 33  # root's SO_RCVBUF, past net.core.rmem_max
-_SYS_PIDFD_GETFD = 438  # the same number on every architecture Linux added it to at once (5.6)
+_SYS_PIDFD_GETFD = 438  # Linux 5.6; one number for x86-64, arm64 and the others that share new syscalls' numbers
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
