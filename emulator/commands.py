@@ -14,12 +14,12 @@ from .executor import read_snapshot
 from .status import ConnectionStatus, collect, expected_up
 
 
-def print_status(lab: labmod.Lab, rows: list[ConnectionStatus], as_json: bool, verbose: bool = False,
-                 just_built: bool = False) -> None:
-    """just_built: see Lab.links_down."""
+def print_status(lab: labmod.Lab, rows: list[ConnectionStatus], links_down: set[str], as_json: bool,
+                 verbose: bool = False) -> None:
+    """links_down: the set the rows were collected with (one look at the links per command)."""
     applied = read_snapshot(lab.directory)  # what runs, as the executor recorded it
     paths = {g.name: applied.paths[g.netns].describe() for g in lab.topology.gateways if g.netns in applied.paths}
-    down = sorted(lab.links_down(just_built))
+    down = sorted(links_down)
     if as_json:
         print_json({"lab": lab.name, "dataplane": lab.dataplane, "created": lab.created,
                     "backbone_paths": paths, "links_down": down, "connections": [r.as_dict() for r in rows]})
@@ -57,8 +57,9 @@ def up(args: argparse.Namespace) -> int:
     if result.reused:
         print(f"lab '{result.lab.name}' is already running, built from this plan: reusing it "
               f"(vnetlab down --name {result.lab.name} removes it)", file=sys.stderr)
-    rows = collect(result.lab, just_built=not result.reused)
-    print_status(result.lab, rows, args.json, just_built=not result.reused)
+    down = result.lab.links_down(just_built=not result.reused)
+    rows = collect(result.lab, links_down=down)
+    print_status(result.lab, rows, down, args.json)
     failed = _failures(result.lab, rows)
     if not args.json and not result.reused:
         print(f"\nup in {result.seconds:.2f} s. Explore: vnetlab nodes · remove: vnetlab down --name "
@@ -70,8 +71,9 @@ def up(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     lab = labmod.open_lab(args.name)
-    rows = collect(lab)
-    print_status(lab, rows, args.json, args.verbose)
+    down = lab.links_down()
+    rows = collect(lab, links_down=down)
+    print_status(lab, rows, down, args.json, args.verbose)
     return ExitCode.CHECK_FAILED if _failures(lab, rows) else ExitCode.OK
 
 

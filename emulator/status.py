@@ -231,14 +231,15 @@ def _nat_seen(lab: Lab, answers: dict, t: TunnelEnd, sa: gateways.SaState | None
     return f"{side} behind a NAT (NAT-T: ESP in UDP 4500)"
 
 
-def collect(lab: Lab, with_reasons: bool = True, just_built: bool = False) -> list[ConnectionStatus]:
-    """Every connection's state, as Get-AzureVNetConnection gives it. just_built: see Lab.links_down."""
+def collect(lab: Lab, with_reasons: bool = True, links_down: set[str] | None = None) -> list[ConnectionStatus]:
+    """Every connection's state, as Get-AzureVNetConnection gives it. links_down: the caller's own
+    look at the links (Lab.links_down), when it has one; else this takes one."""
     # when each connection last became Connected, from the gateways' own events: an exact moment that
     # neither moves with the clock between two calls nor at a rekey (rekeys fire no up/down event)
     events = lab.events()
     connected_at = {(e["gateway"], e["local_site"]): e["time"] for e in events if e.get("to") == "Connected"}
     carried = closed_bytes(lab)
-    links_down = lab.links_down(just_built)
+    links_down = lab.links_down() if links_down is None else links_down
     answers: dict[str, dict[str, gateways.SaState] | None] = {}
     silent: dict[str, str] = {}  # gateway -> why its daemon gave no answer
     for gw in lab.topology.gateways:

@@ -85,6 +85,11 @@ class LabRunner:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def charon_pid(lab: LabRunner, name: str, gateway: str) -> int:
+    """The gateway's current daemon: the last one journalled (the supervisor journals each restart)."""
+    return [e["pid"] for e in lab.journal(name) if e["kind"] == "process" and e["what"] == f"charon {gateway}"][-1]
+
+
 def stop_supervisor(lab: LabRunner, name: str) -> None:
     """Stop a lab's event monitor, which restarts dead gateway daemons: for tests of a daemon that stays dead."""
     import signal

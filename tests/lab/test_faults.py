@@ -8,12 +8,7 @@ import subprocess
 import time
 
 from tests.conftest import PLANS
-from tests.lab.conftest import VNETLAB, live, stop_supervisor
-
-
-def _charon_pid(lab, name: str, gateway: str) -> int:
-    """The gateway's current daemon: the last one journalled (the supervisor journals each restart)."""
-    return [e["pid"] for e in lab.journal(name) if e["kind"] == "process" and e["what"] == f"charon {gateway}"][-1]
+from tests.lab.conftest import VNETLAB, charon_pid, live, stop_supervisor
 
 
 def _key(lab, name: str, vnet: str, site: str) -> str:
@@ -24,7 +19,7 @@ def _key(lab, name: str, vnet: str, site: str) -> str:
 def test_changes_against_a_dead_daemon_fail_clearly_and_record_nothing(lab):
     assert lab.cli("up", "--name", "t-dead").returncode == 0
     stop_supervisor(lab, "t-dead")  # supervision off: the daemon must stay dead for this test
-    pid = _charon_pid(lab, "t-dead", "TestVNet1")
+    pid = charon_pid(lab, "t-dead", "TestVNet1")
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while live(pid) and time.monotonic() < deadline:
@@ -94,7 +89,7 @@ def test_a_killed_gateway_daemon_heals_itself(lab):
             if dst is None:  # the chain: a host of a neighbour VNet
                 peer = {"VNetA": "VNetB", "VNetB": "VNetC", "VNetC": "VNetB"}[gateway]
                 dst = address[f"{peer}/default"]
-            pid = _charon_pid(lab, name, gateway)
+            pid = charon_pid(lab, name, gateway)
             os.kill(pid, signal.SIGKILL)
             killed = time.monotonic()
             while True:
@@ -102,8 +97,8 @@ def test_a_killed_gateway_daemon_heals_itself(lab):
                     break
                 assert time.monotonic() - killed < 10, f"{gateway}: no traffic {time.monotonic() - killed:.1f} s after kill -9"
             healed = time.monotonic() - killed
-            assert _charon_pid(lab, name, gateway) != pid  # a new daemon, journalled (down removes it)
-            assert os.getsid(_charon_pid(lab, name, gateway)) == os.getsid(0)  # see test_lab.assert_in_callers_session
+            assert charon_pid(lab, name, gateway) != pid  # a new daemon, journalled (down removes it)
+            assert os.getsid(charon_pid(lab, name, gateway)) == os.getsid(0)  # see test_lab.assert_in_callers_session
             deadline = time.monotonic() + 5
             while not _restart_logged(lab, name, gateway):
                 assert time.monotonic() < deadline, f"{gateway}: no restart event"
@@ -121,11 +116,11 @@ def test_a_daemon_that_lives_but_never_answers_is_restarted(lab):
 
     name = "t-wedged"
     assert lab.cli("up", "--name", name).returncode == 0
-    pid = _charon_pid(lab, name, "TestVNet1")
+    pid = charon_pid(lab, name, "TestVNet1")
     os.kill(pid, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
-        while _charon_pid(lab, name, "TestVNet1") == pid:
+        while charon_pid(lab, name, "TestVNet1") == pid:
             assert time.monotonic() - stopped < WEDGED_AFTER_S + 2 * (HEALTH_EVERY_S + SILENT_AFTER_S) + 10, \
                 "the wedged daemon was left"
             time.sleep(0.5)

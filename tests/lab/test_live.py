@@ -17,7 +17,7 @@ import pytest
 
 from tests.bench import ring
 from tests.conftest import PLANS
-from tests.lab.conftest import VNETLAB
+from tests.lab.conftest import VNETLAB, charon_pid
 
 
 def _events(lab, name: str) -> list[dict]:
@@ -496,15 +496,12 @@ def test_the_gateways_esp_sockets_keep_up_with_a_tunnel_at_full_rate(lab):
     assert _tcp_bytes(lab, name, "TestVNet1/default", "TestVNet4/default", "10.41.0.4", seconds=3) > 0
     got, dropped = (after - was for after, was in zip(_udp_received(gateway["TestVNet4"]), before))
     assert got > 1000 and dropped <= got / 100, f"{dropped} of {got + dropped} ESP datagrams dropped at the socket"
-    def daemon() -> int:  # the current one: the supervisor journals each restart
-        return [e["pid"] for e in lab.journal(name) if e["kind"] == "process" and e["what"] == "charon TestVNet4"][-1]
-
-    killed = daemon()
+    killed = charon_pid(lab, name, "TestVNet4")
     os.kill(killed, signal.SIGKILL)
     deadline = time.monotonic() + 15
     while not lab.ping(name, "TestVNet1/default", "10.41.0.4"):
         assert time.monotonic() < deadline, "the killed daemon was not healed"
-    assert daemon() != killed
+    assert charon_pid(lab, name, "TestVNet4") != killed  # the supervisor's new daemon, journalled
     assert _esp_socket(gateway["TestVNet4"]) >= 2 * 1024 * 1024
 
 

@@ -197,16 +197,20 @@ def test_a_reader_waits_for_the_monitors_first_look_at_the_links_but_up_does_not
 
 
 def test_up_reports_the_links_it_has_just_set_and_a_reused_lab_as_the_monitor_sees_it(monkeypatch, run_cli):
+    """One look at the links per command, for its rows and for its list of links down: up's
+    without the wait (just_built), a reused lab's with it."""
     from types import SimpleNamespace
 
     from emulator import commands
 
-    asked = []
+    looks, used = [], []
     for reused in (False, True):
+        lab = SimpleNamespace(name="x", links_down=lambda just_built=False: looks.append(just_built) or {"TestVNet1"})
         monkeypatch.setattr(commands.labmod, "up", lambda *a, **kw: SimpleNamespace(
-            warnings=[], reused=reused, lab=SimpleNamespace(name="x"), seconds=0.1))
-        monkeypatch.setattr(commands, "collect", lambda lab, just_built=False: asked.append(just_built) or [])
-        monkeypatch.setattr(commands, "print_status", lambda *a, just_built=False: asked.append(just_built))
+            warnings=[], reused=reused, lab=lab, seconds=0.1))
+        monkeypatch.setattr(commands, "collect", lambda lab, links_down=None: used.append(links_down) or [])
+        monkeypatch.setattr(commands, "print_status", lambda lab, rows, down, *a: used.append(down))
         monkeypatch.setattr(commands, "_failures", lambda lab, rows: [])
         run_cli("up", "--name", "x")
-    assert asked == [True, True, False, False]  # its rows and its list of links down
+    assert looks == [True, False]
+    assert used == [{"TestVNet1"}] * 4  # the rows and the list of links down, from that one look
