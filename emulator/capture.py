@@ -22,7 +22,8 @@ from netns.registry import Registry
 from netns.spawn import OUTLIVES_COMMAND, end_with_parent, wait_for_word
 
 from . import importing, interrupts
-from .keylog import KEYS_FILE, IkeKeys
+from .keyfiles import KEYS_FILE
+from .keylog import IkeKeys
 from .keytables import KeyTables, read_records, tables, write_tables
 from .lab import Lab
 from .problems import EnvironmentProblem, UsageError

@@ -16,10 +16,6 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-KEY_PIPE = "keys.pipe"  # per gateway: the FIFO charon logs into
-KEYS_FILE = "keys.jsonl"  # per gateway, mode 0600: what workers/keylog.py keeps
-CLOSED_FILE = "closed-sas.jsonl"  # per gateway: each CHILD_SA's final byte counts, when it closed
-
 # the lines that matter, after the "TT[GRP] <conn|uid> " prefix
 _PREFIX = re.compile(r"^(\d+)\[(\w+)\] (?:<(?:([^|>]*)\|)?(\d+)> )?(.*)$")
 _DUMP_HEAD = re.compile(r"^(.+?) => (\d+) bytes @ 0x[0-9a-f]+$")

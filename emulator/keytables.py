@@ -16,7 +16,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from emulator.keylog import KEYS_FILE, EspKeys, IkeKeys, from_json
+from emulator.keyfiles import KEYS_FILE
+from emulator.keylog import EspKeys, IkeKeys, from_json
 from emulator.render import write_private
 
 TABLES = ("ikev2_decryption_table", "ikev1_decryption_table", "esp_sa")

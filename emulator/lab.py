@@ -35,7 +35,7 @@ from .events import EVENTS
 from .plan import LAB_RE, LAB_RULE, parse_plan_text, read_plan_file
 from .model import PathConditions, Plan, SharedKey
 from .problems import EnvironmentProblem, Problem, UsageError
-from .keylog import KEY_PIPE
+from .keyfiles import KEY_PIPE
 from .render import write_private
 from .executor import Executor, lane, read_snapshot
 from .netlink import Call, NetlinkWorker

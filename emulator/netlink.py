@@ -1,5 +1,5 @@
 """`up`'s netlink worker: a process of its own (emulator/workers/netlink.py) that loads pyroute2,
-0.1 s of imports, on the other core while the command loads the rest, makes the namespaces and
+0.05 s of imports, on the other core while the command loads the rest, makes the namespaces and
 boots the daemons; then it builds the links and carries out the executor's netlink actions. The
 executor still decides, journals and snapshots each action: only the netlink requests cross.
 The command's own process never loads pyroute2.

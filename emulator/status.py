@@ -11,7 +11,7 @@ from pathlib import Path
 from . import gateways
 from netns.registry import read_jsonl
 
-from .keylog import CLOSED_FILE
+from .keyfiles import CLOSED_FILE
 from .lab import Lab
 from .model import BLOCKABLE
 from .topology import GatewayNode, TunnelEnd

@@ -1,7 +1,7 @@
 """Named network namespaces as iproute2 keeps them (`ip netns add`): the namespace's nsfs file
 bind-mounted on /run/netns/NAME. Made, entered and removed with four libc calls (unshare, mount,
 setns, umount2), the ones pyroute2's netns module makes, without loading pyroute2: that import is
-0.1 s of every command, and `up`'s first steps and `down` need nothing else of it (its netlink
+0.05 s of every command, and `up`'s first steps and `down` need nothing else of it (its netlink
 work runs in a worker that loads it meanwhile: emulator/netlink.py).
 """
 

@@ -19,7 +19,8 @@ import signal
 import sys
 from pathlib import Path
 
-from emulator.keylog import CLOSED_FILE, KEYS_FILE, ClosedSa, KeyLogParser
+from emulator.keyfiles import CLOSED_FILE, KEYS_FILE
+from emulator.keylog import ClosedSa, KeyLogParser
 from netns.spawn import signals_unblocked
 
 

@@ -221,7 +221,8 @@ def watch_health(lab_dir: Path, gateway_dirs: dict[str, Path], recorder: Recorde
 def watch_links(lab_dir: Path, gateways_ns: dict[str, str]) -> None:
     """Link events of each gateway's namespace (netlink, RTMGRP_LINK). When a backbone link goes
     down, the kernel drops the routes through it; when it comes back, they are put back. Started
-    after "ready", once the main thread has loaded pyroute2 (0.15 s): `up` need not wait for that."""
+    after "ready", once the main thread has loaded pyroute2 and the healing modules (0.1 s): `up`
+    need not wait for that."""
     _loaded.wait()
     socks: dict[int, tuple[socket.socket, str, str]] = {}
     for gateway, ns in gateways_ns.items():
@@ -313,7 +314,8 @@ def main(priority: int) -> None:
     ready.wait()
     print("ready", flush=True)
     sys.stdout.close()
-    # after "ready": their pyroute2 import (0.15 s) would hold the listeners, and `up` with them.
+    # after "ready": their imports (pyroute2 and the healing modules: 0.1 s) would hold the listeners,
+    # and `up` with them.
     # Not at the lowest priority: the link watcher and the healing wait for it, and a busy machine
     # starved it for as long as it stayed busy (a link down went unnoticed in the test guest)
     with importing():

@@ -22,7 +22,7 @@ def _modules_loaded(stderr: str) -> set[str]:
 
 
 def test_up_and_down_load_no_pyroute2_in_the_commands_process(lab):
-    """The command makes the namespaces and boots the daemons while its worker loads pyroute2 (0.1 s)
+    """The command makes the namespaces and boots the daemons while its worker loads pyroute2 (0.05 s)
     on the other core: a module of `up`'s or `down`'s path that imported it again would put that
     back on the command's path. And the worker is gone when `up` has returned."""
     def run(*argv: str) -> subprocess.CompletedProcess:

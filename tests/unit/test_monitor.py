@@ -132,7 +132,7 @@ def test_a_daemon_writes_its_key_log_before_the_key_recorder_runs_and_nothing_is
     import os
 
     from emulator import lab
-    from emulator.keylog import CLOSED_FILE, KEY_PIPE
+    from emulator.keyfiles import CLOSED_FILE, KEY_PIPE
     from emulator.plan import default_plan_path, load_plan
     from emulator.topology import build_topology
     from netns.registry import Registry
