@@ -1,17 +1,13 @@
-"""Packets on the backbone, kept by tcpdump: the lab's IKE recording, and `vnetlab capture`.
+"""Packets on the backbone, kept by tcpdump (tcpdump.py): `vnetlab capture`, and the reading of
+the lab's IKE recording.
 
-- The IKE recorder runs for the whole life of a lab, in the backbone namespace: every IKE
-  message (UDP 500, and UDP 4500 with the non-ESP marker) entering the backbone, each once,
-  into LAB/ike.pcap. The kernel's filter keeps ESP out, so tunnel traffic costs it nothing.
-  `vnetlab trace` reads it.
 - `vnetlab capture` records each chosen gateway's backbone link, everything on it, into
   DIR/GATEWAY.pcap, and writes Wireshark's key tables beside them.
-tcpdump, not scapy, writes the files: a C program with the kernel's BPF filter, kept by Debian.
+- `vnetlab trace` and the demo read LAB/ike.pcap, the IKE recorder's, with the keys to decrypt it.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from netns.registry import Registry
-from netns.spawn import OUTLIVES_COMMAND, end_with_parent, wait_for_word
 
 from . import importing, interrupts
 from .keyfiles import KEYS_FILE
@@ -27,52 +22,11 @@ from .keylog import IkeKeys
 from .keytables import KeyTables, read_records, tables, write_tables
 from .lab import Lab
 from .problems import EnvironmentProblem, UsageError
+from .tcpdump import IKE_PCAP, start_tcpdump
 from .topology import GatewayNode
-from .workers import CWD as WORKER_CWD
 
 if TYPE_CHECKING:
     from .trace import Message
-
-IKE_PCAP = "ike.pcap"
-LISTENING_S = 15.0  # tcpdump says "listening on" within a second, even under load
-IKE_FILTER = "udp port 500 or (udp port 4500 and udp[8:4] = 0)"
-
-
-def _tcpdump() -> str:
-    path = shutil.which("tcpdump")
-    if path is None:
-        raise EnvironmentProblem("tcpdump is missing: run 'sudo scripts/install.sh' (or 'make lab'), or "
-                                 "apt-get install tcpdump")
-    return path
-
-
-def start_tcpdump(registry: Registry, what: str, netns: str, iface: str, path: Path, bpf: str | None = None,
-                  inbound_only: bool = False, snaplen: int = 65535, buffer_kb: int = 65536,
-                  with_parent: bool = False) -> subprocess.Popen:
-    """tcpdump in a lab namespace, writing each packet as it comes (-U), journalled by pid; returns
-    once it listens. It runs as root (-Z root): the lab's state directory is root's alone.
-    The kernel's capture ring holds buffer/snaplen packets: with tcpdump's defaults (2 MB, 256 kB)
-    that is 8, and a burst of handshakes lost a quarter of its messages. with_parent: it ends when
-    the process that started it dies, even by SIGKILL (`vnetlab capture` killed must not leave a
-    capture filling the disk until `down`)."""
-    argv = ["ip", "netns", "exec", netns, _tcpdump(), "-i", iface, "-n", "-s", str(snaplen), "-B", str(buffer_kb),
-            "-U", "-Z", "root", "--immediate-mode", "-w", str(path), *(["-Q", "in"] if inbound_only else []),
-            *([bpf] if bpf else [])]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            cwd=WORKER_CWD, **OUTLIVES_COMMAND, preexec_fn=end_with_parent if with_parent else None)
-    registry.adopt_process(proc.pid, what)
-    try:
-        listening, said = wait_for_word(proc.stderr.fileno(), b"listening on", LISTENING_S)
-    finally:
-        proc.stderr.close()
-    if not listening:  # journalled: the caller's teardown ends it if it still runs
-        raise EnvironmentProblem(f"{what} did not start within {LISTENING_S:.0f} s: {' '.join(said.split())[-300:]}")
-    return proc
-
-
-def start_ike_recorder(lab_dir: Path, backbone: str, registry: Registry) -> None:
-    start_tcpdump(registry, "ike recorder", backbone, "any", lab_dir / IKE_PCAP, IKE_FILTER, inbound_only=True,
-                  snaplen=9216, buffer_kb=8192)  # room for about 900 IKE messages at once
 
 
 def choose_gateways(lab: Lab, vnet: str | None, site: str | None) -> list[GatewayNode]:

@@ -37,6 +37,7 @@ from .model import PathConditions, Plan, SharedKey
 from .problems import EnvironmentProblem, Problem, UsageError
 from .keyfiles import KEY_PIPE
 from .render import write_private
+from .tcpdump import start_ike_recorder
 from .executor import Executor, lane, read_snapshot
 from .netlink import Call, NetlinkWorker
 from .reconcile import Action, Initiate, LiveState, StopDaemon, desired_state, diff
@@ -274,8 +275,6 @@ def up(plan_path: str | None, name: str | None, dataplane: str, timeout: float, 
         if not LAB_RE.match(name):
             raise UsageError(f"--name '{name}' is not a valid lab name: use {LAB_RULE}")
         plan = replace(plan, name=name)
-    from .capture import start_ike_recorder
-
     require_root()
     gateways.check_strongswan()
     topo = build_topology(plan)
