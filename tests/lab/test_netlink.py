@@ -34,6 +34,7 @@ def test_up_and_down_load_no_pyroute2_in_the_commands_process(lab):
     loaded = _modules_loaded(up.stderr)
     assert {"emulator.lab", "emulator.executor", "netns.nsfs"} <= loaded  # the report is the command's
     assert not {m for m in loaded if m.split(".")[0] == "pyroute2"}
+    assert not loaded & {"emulator.capture", "emulator.keylog", "emulator.keytables"}  # capture's and trace's
     assert not netlink_workers()
     assert lab.status("t-nl")[("TestVNet1", "VNet4Local")]["connectivity_state"] == "Connected"
     down = run("down", "--name", "t-nl")

@@ -52,6 +52,15 @@ def test_the_modules_of_up_and_down_do_not_load_pyroute2():
     assert (done.returncode, done.stdout, done.stderr) == (0, "[]\n", "")
 
 
+def test_the_modules_of_up_do_not_load_what_only_capture_and_trace_need():
+    """`up` starts the IKE recorder (tcpdump.py) and names the key pipes (keyfiles.py): capture's
+    key tables and the key log's parser (8 ms) are for `capture`, `trace` and the key recorder."""
+    code = ("import sys, emulator.entry, emulator.netlink, emulator.cli, emulator.commands\n"
+            "print(sorted(m for m in ('emulator.capture', 'emulator.keylog', 'emulator.keytables', 'scapy') "
+            "if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[]\n", "")
+
 
 def _subcommands(parser) -> dict:
     return next(a for a in parser._actions if a.dest == "command").choices  # noqa: SLF001 - argparse's own
