@@ -203,12 +203,12 @@ class Namespace:
 
     def add_route(self, dst: IPv4Network, via: IPv4Address | None = None, prohibit: bool = False) -> None:
         """Idempotent (replace): applying a route that is already there changes nothing."""
-        self._request(_route(dst, via, prohibit, RTPROT_STATIC), RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE)
+        self._request(_route(dst, via, prohibit, adding=True), RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE)
 
     def del_route(self, dst: IPv4Network, via: IPv4Address | None = None, prohibit: bool = False) -> None:
         """No error when the route is gone already (a link that went down takes its routes)."""
         try:
-            self._request(_route(dst, via, prohibit, 0), RTM_DELROUTE)
+            self._request(_route(dst, via, prohibit, adding=False), RTM_DELROUTE)
         except NetlinkError as exc:
             if exc.code != errno.ESRCH:
                 raise
@@ -220,9 +220,7 @@ class Namespace:
         query["family"] = socket.AF_INET
         found = []
         for r in self._dump(query, RTM_GETROUTE):
-            if r["family"] != socket.AF_INET or r["proto"] == RTPROT_KERNEL:
-                continue
-            if (r.get_attr("RTA_TABLE") or r["table"]) != RT_TABLE_MAIN:
+            if r["proto"] == RTPROT_KERNEL or (r.get_attr("RTA_TABLE") or r["table"]) != RT_TABLE_MAIN:
                 continue
             dst = IPv4Network(f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}")
             via = r.get_attr("RTA_GATEWAY")
@@ -269,11 +267,14 @@ def _link(index: int, flags: int, change: int, attrs: list) -> ifinfmsg:
     return msg
 
 
-def _route(dst: IPv4Network, via: IPv4Address | None, prohibit: bool, proto: int) -> rtmsg:
+def _route(dst: IPv4Network, via: IPv4Address | None, prohibit: bool, adding: bool) -> rtmsg:
+    """A route of the main table, to add, or to delete: a deletion names only what tells the route
+    apart (as pyroute2's does: no origin, and no type for a route through a gateway)."""
+    kind = RTN_PROHIBIT if prohibit else RTN_UNICAST if adding else 0
     msg = rtmsg()
     msg.update({"family": socket.AF_INET, "dst_len": dst.prefixlen, "src_len": 0, "tos": 0, "table": RT_TABLE_MAIN,
-                "proto": proto, "scope": 0, "type": RTN_PROHIBIT if prohibit else RTN_UNICAST if proto else 0,
-                "flags": 0, "attrs": [("RTA_DST", str(dst.network_address))] if dst.prefixlen else []})
+                "proto": RTPROT_STATIC if adding else 0, "scope": 0, "type": kind, "flags": 0,
+                "attrs": [("RTA_DST", str(dst.network_address))] if dst.prefixlen else []})
     if not prohibit:
         msg["attrs"].append(("RTA_GATEWAY", str(via)))
     return msg
